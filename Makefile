@@ -1,0 +1,48 @@
+# spanmetrics developer commands. `make help` lists them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TOPOLOGY ?= topologies/red.yaml
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test lint fmt typecheck unit bench clean
+
+help: ## List the commands
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with the project and its dev extras
+
+run: $(STAMP) ## The main job: synthetic spans -> engine -> RED summary (TOPOLOGY=...)
+	$(BIN)/spanmetrics demo --topology $(TOPOLOGY)
+
+test: $(STAMP) ## Lint, type-check and run every test
+	$(BIN)/ruff check spanmetrics tests benchmarks
+	$(BIN)/ruff format --check spanmetrics tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+unit: $(STAMP) ## Run the tests only (no lint, no type-check)
+	$(BIN)/pytest
+
+lint: $(STAMP) ## ruff lint
+	$(BIN)/ruff check spanmetrics tests benchmarks
+
+fmt: $(STAMP) ## ruff format and autofix
+	$(BIN)/ruff format spanmetrics tests benchmarks
+	$(BIN)/ruff check --fix spanmetrics tests benchmarks
+
+typecheck: $(STAMP) ## mypy strict on spanmetrics/
+	$(BIN)/mypy
+
+bench: $(STAMP) ## Engine benchmark: parse vs engine vs OTel SDK, memory per series
+	$(BIN)/python benchmarks/bench_engine.py
+
+clean: ## Remove the venv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .run

@@ -1,0 +1,5 @@
+"""Allow ``python -m spanmetrics``."""
+
+from spanmetrics.cli import main
+
+raise SystemExit(main())

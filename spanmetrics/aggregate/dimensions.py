@@ -1,0 +1,143 @@
+"""Series keys and their label sets, as the Collector spanmetrics connector defines them.
+
+A span's key is the tuple ``(span.name, span.kind, status.code, *dimension values)``, built
+once per span in a list comprehension; an excluded intrinsic dimension is ``None`` in every
+key so that it no longer splits series. Labels are built from a key only when a series is
+emitted, never per span.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from spanmetrics.aggregate.attributes import any_value_to_str, find_attributes
+from spanmetrics.config.model import Dimension, SpanMetricsConfig
+from spanmetrics.model.enums import SPAN_KIND_NAMES, STATUS_CODE_NAMES
+
+#: Key of the one series that takes every new key past the cardinality limit.
+OVERFLOW_KEY: tuple[str, ...] = ("otel.metric.overflow",)
+#: Its only label, as in the connector and the OTel SDK.
+OVERFLOW_ATTRIBUTES: tuple[tuple[str, str], ...] = (("otel.metric.overflow", "true"),)
+
+SCOPE_NAME_LABEL = "span.instrumentation.scope.name"
+SCOPE_VERSION_LABEL = "span.instrumentation.scope.version"
+
+SpanKey = tuple[object, ...]
+#: Dimension values per name, as found on a resource.
+ResourceValues = dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeDimensions:
+    """Labels that hold for every span of one scope (``include_instrumentation_scope``)."""
+
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+class DimensionPlan:
+    """How keys are built from spans and labels from keys, for one configuration."""
+
+    def __init__(self, config: SpanMetricsConfig) -> None:
+        self.dimensions: tuple[Dimension, ...] = config.dimensions
+        self.names = tuple(d.name for d in config.dimensions)
+        self.wanted = frozenset(self.names)
+        self.keep_name = "span.name" not in config.exclude_dimensions
+        self.keep_kind = "span.kind" not in config.exclude_dimensions
+        self.keep_status = "status.code" not in config.exclude_dimensions
+        self.scopes = frozenset(config.include_instrumentation_scope)
+        self.event_dimensions: tuple[Dimension, ...] = config.events.dimensions
+
+    def resource_values(self, attributes: Sequence[KeyValue]) -> tuple[str | None, ...]:
+        """Fallback value of each dimension for spans of this resource: the resource's
+        attribute, else the configured default, else None (label omitted)."""
+        found = find_attributes(attributes, self.wanted)
+        return tuple(
+            any_value_to_str(found[d.name]) if d.name in found else d.default
+            for d in self.dimensions
+        )
+
+    def scope_dimensions(self, name: str, version: str) -> ScopeDimensions:
+        """Scope labels for a scope, empty unless the scope is listed."""
+        if name not in self.scopes:
+            return ScopeDimensions()
+        labels = [(SCOPE_NAME_LABEL, name)]
+        if version:
+            labels.append((SCOPE_VERSION_LABEL, version))
+        return ScopeDimensions(tuple(labels))
+
+    def keys(
+        self,
+        spans: Sequence[Span],
+        names: Sequence[str],
+        kinds: Sequence[int],
+        codes: Sequence[int],
+        fallback: tuple[str | None, ...],
+    ) -> list[SpanKey]:
+        """One key per span. ``names``/``kinds``/``codes`` are the spans' columns, read
+        once by the caller."""
+        # Excluded intrinsics become None in every key: same series, no label.
+        ns: Sequence[object] = names if self.keep_name else [None] * len(names)
+        ks: Sequence[object] = kinds if self.keep_kind else [None] * len(kinds)
+        cs: Sequence[object] = codes if self.keep_status else [None] * len(codes)
+        if not self.dimensions:
+            return list(zip(ns, ks, cs, strict=True))
+        values = [self._span_values(span, fallback) for span in spans]
+        return [(n, k, c, *v) for n, k, c, v in zip(ns, ks, cs, values, strict=True)]
+
+    def _span_values(self, span: Span, fallback: tuple[str | None, ...]) -> tuple[str | None, ...]:
+        found = find_attributes(span.attributes, self.wanted)
+        if not found:
+            return fallback
+        return tuple(
+            any_value_to_str(found[name]) if name in found else fallback[i]
+            for i, name in enumerate(self.names)
+        )
+
+    def event_values(self, attributes: Sequence[KeyValue]) -> tuple[str | None, ...]:
+        """Values of the ``events.dimensions`` on one span event."""
+        wanted = frozenset(d.name for d in self.event_dimensions)
+        found = find_attributes(attributes, wanted)
+        return tuple(
+            any_value_to_str(found[d.name]) if d.name in found else d.default
+            for d in self.event_dimensions
+        )
+
+    def labels(
+        self, service_name: str, key: SpanKey, scope: ScopeDimensions
+    ) -> tuple[tuple[str, str], ...]:
+        """Labels of the series with ``key``, in the connector's order."""
+        if key == OVERFLOW_KEY:
+            return OVERFLOW_ATTRIBUTES
+        labels: list[tuple[str, str]] = [("service.name", service_name)]
+        name, kind, code = key[0], key[1], key[2]
+        if self.keep_name:
+            labels.append(("span.name", str(name)))
+        if self.keep_kind:
+            labels.append(("span.kind", _enum_name(SPAN_KIND_NAMES, kind)))
+        if self.keep_status:
+            labels.append(("status.code", _enum_name(STATUS_CODE_NAMES, code)))
+        for dim_name, value in zip(self.names, key[3 : 3 + len(self.names)], strict=True):
+            if value is not None:
+                labels.append((dim_name, str(value)))
+        labels.extend(scope.labels)
+        return tuple(labels)
+
+    def event_labels(
+        self, service_name: str, key: SpanKey, scope: ScopeDimensions
+    ) -> tuple[tuple[str, str], ...]:
+        """Labels of an events series: the span's labels, then the event dimensions."""
+        n_span = 3 + len(self.names)
+        labels = list(self.labels(service_name, key[:n_span], scope))
+        for dim, value in zip(self.event_dimensions, key[n_span:], strict=True):
+            if value is not None:
+                labels.append((dim.name, str(value)))
+        return tuple(labels)
+
+
+def _enum_name(names: tuple[str, ...], number: object) -> str:
+    index = number if isinstance(number, int) else 0
+    return names[index] if 0 <= index < len(names) else names[0]

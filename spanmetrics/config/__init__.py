@@ -1,0 +1,1 @@
+"""Topology configuration: the YAML model, its defaults and its loader."""

@@ -1,0 +1,47 @@
+"""Every default of the topology, in one place.
+
+The config model (``model.py``) refers to these names; so do the README and the shipped
+topologies, which are checked against them by the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Input topic of the Collector's Kafka exporter for traces.
+DEFAULT_SOURCE_TOPIC: Final = "otlp_spans"
+#: The Kafka exporter's default encoding.
+DEFAULT_ENCODING: Final = "otlp_proto"
+#: Broker used when neither the topology nor the command line names one.
+DEFAULT_BROKER: Final = "kafka://127.0.0.1:9092"
+#: Output topic that the Collector's Kafka receiver reads metrics from.
+DEFAULT_METRICS_TOPIC: Final = "otlp_metrics"
+
+#: Metric name prefix, as in the connector since v0.109.
+DEFAULT_NAMESPACE: Final = "traces.span.metrics"
+#: Unit of the duration metric.
+DEFAULT_UNIT: Final = "ms"
+#: Maximum buckets of the exponential histogram (the connector's and go-expohisto's default).
+DEFAULT_EXPONENTIAL_MAX_SIZE: Final = 160
+#: Largest max_size go-expohisto accepts.
+MAXIMUM_EXPONENTIAL_MAX_SIZE: Final = 16384
+#: The connector's default explicit bounds, in milliseconds.
+DEFAULT_EXPLICIT_BUCKETS_MS: Final[tuple[float, ...]] = (
+    2, 4, 6, 8, 10, 50, 100, 200, 400, 800, 1000, 1400, 2000, 5000, 10000, 15000,
+)  # fmt: skip
+DEFAULT_TEMPORALITY: Final = "AGGREGATION_TEMPORALITY_CUMULATIVE"
+#: Seconds between flushes (the connector's current default).
+DEFAULT_FLUSH_INTERVAL_S: Final = 60.0
+#: 0 disables expiry.
+DEFAULT_METRICS_EXPIRATION_S: Final = 0.0
+DEFAULT_SERIES_EXPIRATION_S: Final = 0.0
+#: 0 disables the cardinality limit.
+DEFAULT_CARDINALITY_LIMIT: Final = 0
+DEFAULT_EXEMPLARS_ENABLED: Final = False
+DEFAULT_EXEMPLARS_MAX_PER_POINT: Final = 5
+DEFAULT_EVENTS_ENABLED: Final = False
+
+#: Naming profile of the Prometheus sinks.
+DEFAULT_PROMETHEUS_NAMING: Final = "otel"
+#: Scrape port of the ``prometheus`` sink.
+DEFAULT_SCRAPE_PORT: Final = 9464

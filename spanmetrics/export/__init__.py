@@ -1,0 +1,1 @@
+"""Export: metric points to wire formats (OTLP proto/JSON)."""
