@@ -96,12 +96,13 @@ class SeriesTable:
         rows: RowIds,
         values: NDArray[np.float64],
         weights: NDArray[np.int64],
-        now_ns: int,
+        seen_ns: NDArray[np.int64],
     ) -> None:
-        """Apply one batch: spans ``i`` of duration ``values[i]`` standing for ``weights[i]``."""
+        """Apply one batch: span ``i`` of duration ``values[i]``, standing for ``weights[i]``
+        spans, arrived at ``seen_ns[i]``."""
         np.add.at(self.calls, rows, weights)
         self.touched[rows] = True
-        self.last_seen_ns[rows] = now_ns
+        np.maximum.at(self.last_seen_ns, rows, seen_ns)
         if self.histograms is not None:
             self.histograms.record_batch(rows, values, weights)
 
