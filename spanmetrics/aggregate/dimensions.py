@@ -1,15 +1,16 @@
 """Series keys and their label sets, as the Collector spanmetrics connector defines them.
 
-A span's key is the tuple ``(span.name, span.kind, status.code, *dimension values)``, built
-once per span in a list comprehension; an excluded intrinsic dimension is ``None`` in every
-key so that it no longer splits series. Labels are built from a key only when a series is
-emitted, never per span.
+A span's key is the tuple ``(resource id, scope id, span.name, span.kind, status.code,
+*dimension values)``, built once per span from columns read in one comprehension. An
+excluded intrinsic dimension is ``None`` in every key, so it no longer splits series.
+Labels are built from a key only when a series is emitted, never per span.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -18,8 +19,9 @@ from spanmetrics.aggregate.attributes import any_value_to_str, find_attributes
 from spanmetrics.config.model import Dimension, SpanMetricsConfig
 from spanmetrics.model.enums import SPAN_KIND_NAMES, STATUS_CODE_NAMES
 
-#: Key of the one series that takes every new key past the cardinality limit.
-OVERFLOW_KEY: tuple[str, ...] = ("otel.metric.overflow",)
+#: Scope id in the key of a resource's one overflow series, which takes every new key
+#: past the cardinality limit: ``(resource id, OVERFLOW_SCOPE)``.
+OVERFLOW_SCOPE = -1
 #: Its only label, as in the connector and the OTel SDK.
 OVERFLOW_ATTRIBUTES: tuple[tuple[str, str], ...] = (("otel.metric.overflow", "true"),)
 
@@ -69,26 +71,38 @@ class DimensionPlan:
             labels.append((SCOPE_VERSION_LABEL, version))
         return ScopeDimensions(tuple(labels))
 
+    @property
+    def reads_span_attributes(self) -> bool:
+        """Whether keys need each span's attributes (configured dimensions)."""
+        return bool(self.dimensions)
+
     def keys(
         self,
-        spans: Sequence[Span],
+        resource_ids: Sequence[int],
+        scope_ids: Sequence[int],
         names: Sequence[str],
         kinds: Sequence[int],
         codes: Sequence[int],
-        fallback: tuple[str | None, ...],
+        dimension_values: Sequence[tuple[str | None, ...]] | None = None,
     ) -> list[SpanKey]:
-        """One key per span. ``names``/``kinds``/``codes`` are the spans' columns, read
-        once by the caller."""
-        # Excluded intrinsics become None in every key: same series, no label.
-        ns: Sequence[object] = names if self.keep_name else [None] * len(names)
-        ks: Sequence[object] = kinds if self.keep_kind else [None] * len(kinds)
-        cs: Sequence[object] = codes if self.keep_status else [None] * len(codes)
-        if not self.dimensions:
-            return list(zip(ns, ks, cs, strict=True))
-        values = [self._span_values(span, fallback) for span in spans]
-        return [(n, k, c, *v) for n, k, c, v in zip(ns, ks, cs, values, strict=True)]
+        """One key per span from the spans' columns, read once by the caller.
 
-    def _span_values(self, span: Span, fallback: tuple[str | None, ...]) -> tuple[str | None, ...]:
+        A key is ``(resource id, scope id, span.name, span.kind, status.code, *dims)``.
+        """
+        # Excluded intrinsics become None in every key: same series, no label.
+        ns: Iterable[object] = names if self.keep_name else repeat(None)
+        ks: Iterable[object] = kinds if self.keep_kind else repeat(None)
+        cs: Iterable[object] = codes if self.keep_status else repeat(None)
+        if dimension_values is None:
+            # repeat() columns are endless, so zip stops at the real columns' length.
+            return list(zip(resource_ids, scope_ids, ns, ks, cs))  # noqa: B905
+        return [
+            (r, sc, n, k, c, *v)
+            for r, sc, n, k, c, v in zip(resource_ids, scope_ids, ns, ks, cs, dimension_values)  # noqa: B905
+        ]
+
+    def span_values(self, span: Span, fallback: tuple[str | None, ...]) -> tuple[str | None, ...]:
+        """Configured dimension values of one span: its own attribute, else ``fallback``."""
         found = find_attributes(span.attributes, self.wanted)
         if not found:
             return fallback
@@ -110,17 +124,17 @@ class DimensionPlan:
         self, service_name: str, key: SpanKey, scope: ScopeDimensions
     ) -> tuple[tuple[str, str], ...]:
         """Labels of the series with ``key``, in the connector's order."""
-        if key == OVERFLOW_KEY:
+        if key[1] == OVERFLOW_SCOPE:
             return OVERFLOW_ATTRIBUTES
         labels: list[tuple[str, str]] = [("service.name", service_name)]
-        name, kind, code = key[0], key[1], key[2]
+        name, kind, code = key[2], key[3], key[4]
         if self.keep_name:
             labels.append(("span.name", str(name)))
         if self.keep_kind:
             labels.append(("span.kind", _enum_name(SPAN_KIND_NAMES, kind)))
         if self.keep_status:
             labels.append(("status.code", _enum_name(STATUS_CODE_NAMES, code)))
-        for dim_name, value in zip(self.names, key[3 : 3 + len(self.names)], strict=True):
+        for dim_name, value in zip(self.names, key[5 : 5 + len(self.names)], strict=True):
             if value is not None:
                 labels.append((dim_name, str(value)))
         labels.extend(scope.labels)
@@ -130,7 +144,7 @@ class DimensionPlan:
         self, service_name: str, key: SpanKey, scope: ScopeDimensions
     ) -> tuple[tuple[str, str], ...]:
         """Labels of an events series: the span's labels, then the event dimensions."""
-        n_span = 3 + len(self.names)
+        n_span = 5 + len(self.names)
         labels = list(self.labels(service_name, key[:n_span], scope))
         for dim, value in zip(self.event_dimensions, key[n_span:], strict=True):
             if value is not None:

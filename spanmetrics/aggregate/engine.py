@@ -21,10 +21,15 @@ from numpy.typing import NDArray
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 
 from spanmetrics.aggregate.attributes import any_value_to_number, any_value_to_str
-from spanmetrics.aggregate.dimensions import OVERFLOW_KEY, DimensionPlan, ScopeDimensions, SpanKey
+from spanmetrics.aggregate.dimensions import (
+    OVERFLOW_SCOPE,
+    DimensionPlan,
+    ScopeDimensions,
+    SpanKey,
+)
 from spanmetrics.aggregate.explicit import ExplicitHistogramColumns
 from spanmetrics.aggregate.expohist_columns import ExpoHistogramColumns
 from spanmetrics.aggregate.points import (
@@ -110,23 +115,38 @@ class _EventSeries:
 
 @dataclass(slots=True)
 class _ResourceState:
-    """Per resource: its identity, first-seen attributes and its series index."""
+    """Per resource: its id in series keys, first-seen attributes, and its series count."""
 
+    rid: int
+    identity: tuple[object, ...]
     resource: Resource
     service_name: str
     last_seen_ns: int
-    #: scope labels -> span key -> row in the series table
-    index: dict[ScopeDimensions, dict[SpanKey, int]] = field(default_factory=dict)
     series_count: int = 0
     overflow_row: int = -1
-    events: dict[tuple[ScopeDimensions, SpanKey], _EventSeries] = field(default_factory=dict)
+    events: dict[SpanKey, _EventSeries] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class _RowOwner:
     resource: _ResourceState
-    scope: ScopeDimensions
     key: SpanKey
+
+
+@dataclass(slots=True)
+class _RequestColumns:
+    """The spans of one request that are kept, as columns aligned by span."""
+
+    resource_ids: Sequence[int]
+    scope_ids: Sequence[int]
+    names: Sequence[str]
+    kinds: Sequence[int]
+    codes: Sequence[int]
+    starts: Sequence[int]
+    ends: Sequence[int]
+    states: Sequence[str]
+    spans: Sequence[Span] | None
+    dimension_values: Sequence[tuple[str | None, ...]] | None
 
 
 def _service_name(attributes: Iterable[KeyValue]) -> str | None:
@@ -135,6 +155,10 @@ def _service_name(attributes: Iterable[KeyValue]) -> str | None:
             value = any_value_to_str(kv.value)
             return value or None
     return None
+
+
+#: Resources remembered by their serialized bytes before the cache is cleared.
+_RESOURCE_CACHE_LIMIT = 10_000
 
 
 class SpanMetricsEngine:
@@ -149,14 +173,31 @@ class SpanMetricsEngine:
         self.counters: Counter[str] = Counter()
         self._ns_per_unit = _NS_PER_UNIT[config.histogram.unit]
         self.table = SeriesTable(self._histogram_columns(config))
+        #: series key -> row; keys start with the resource id, so one dict serves all.
+        self._index: dict[SpanKey, int] = {}
         self._owners: list[_RowOwner | None] = []
         self._resources: dict[tuple[object, ...], _ResourceState] = {}
+        self._by_rid: dict[int, _ResourceState] = {}
+        self._next_rid = 0
+        #: serialized Resource -> resource id (-1: no service.name), to skip re-reading the
+        #: attributes of a resource seen before.
+        self._resource_cache: dict[bytes, int] = {}
+        self._scopes: dict[ScopeDimensions, int] = {ScopeDimensions(): 0}
+        self._scope_list: list[ScopeDimensions] = [ScopeDimensions()]
         self._key_attributes = frozenset(config.resource_metrics_key_attributes)
         self._limit = config.aggregation_cardinality_limit
         self._exemplar_max = config.exemplars.max_per_data_point if config.exemplars.enabled else 0
         self._exemplars: dict[int, list[Exemplar]] = {}
         self._adjusted_cache: dict[str, float] = {"": 1.0}
         self._pending = _PendingBatch()
+        # Per-span work beyond the intrinsic columns, decided once.
+        self._per_scope = bool(self.plan.scopes) or self.plan.reads_span_attributes
+        self._needs_spans = (
+            bool(self._exemplar_max)
+            or config.events.enabled
+            or bool(config.span_multiplier_key)
+            or self._per_scope
+        )
 
     def _histogram_columns(self, config: SpanMetricsConfig) -> HistogramColumns | None:
         hist = config.histogram
@@ -190,55 +231,40 @@ class SpanMetricsEngine:
         spans are pending or until the next :meth:`flush`.
         """
         now = self.clock.now_ns()
+        resource_spans = request.resource_spans
+        rids = [self._resource_id(rs.resource, now) for rs in resource_spans]
+        if -1 in rids:
+            dropped = sum(
+                len(ss.spans)
+                for rid, rs in zip(rids, resource_spans, strict=True)
+                if rid < 0
+                for ss in rs.scope_spans
+            )
+            self.counters[DROPPED_MISSING_SERVICE_NAME] += dropped
+            self.counters[SPANS_RECEIVED] += dropped
+        columns = self._read_columns(resource_spans, rids)
+        if columns is None:
+            return
+        self.counters[SPANS_RECEIVED] += len(columns.names)
+        keys = self.plan.keys(
+            columns.resource_ids,
+            columns.scope_ids,
+            columns.names,
+            columns.kinds,
+            columns.codes,
+            columns.dimension_values,
+        )
+        rows = self._rows_for(keys, now)
+        weights: list[int] | None = None
+        if any(columns.states) or self.config.span_multiplier_key:
+            weights = self._weights(columns, resource_spans, rids)
         pending = self._pending
-        for resource_spans in request.resource_spans:
-            resource = resource_spans.resource
-            n_spans = sum(len(s.spans) for s in resource_spans.scope_spans)
-            if not n_spans:
-                continue
-            self.counters[SPANS_RECEIVED] += n_spans
-            attributes = resource.attributes
-            service_name = _service_name(attributes)
-            if service_name is None:
-                self.counters[DROPPED_MISSING_SERVICE_NAME] += n_spans
-                continue
-            state = self._resource_state(resource, service_name, now)
-            fallback = self.plan.resource_values(attributes)
-            resource_multiplier = self._resource_multiplier(attributes)
-            for scope_spans in resource_spans.scope_spans:
-                spans = scope_spans.spans
-                if not spans:
-                    continue
-                scope = self.plan.scope_dimensions(
-                    scope_spans.scope.name, scope_spans.scope.version
-                )
-                # One pass over the spans reads every field the fast path needs.
-                columns = [
-                    (
-                        s.name,
-                        s.kind,
-                        s.status.code,
-                        s.start_time_unix_nano,
-                        s.end_time_unix_nano,
-                        s.trace_state,
-                    )
-                    for s in spans
-                ]
-                names, kinds, codes, starts, ends, states = zip(*columns, strict=True)
-                keys = self.plan.keys(spans, names, kinds, codes, fallback)
-                rows = self._rows_for(state, scope, keys, now)
-                weights: list[int] | None = None
-                if (
-                    any(states)
-                    or resource_multiplier is not None
-                    or self.config.span_multiplier_key
-                ):
-                    weights = self._weights(spans, states, resource_multiplier)
-                pending.add(rows, starts, ends, weights)
-                if self._exemplar_max:
-                    self._collect_exemplars(spans, rows, starts, ends)
-                if self.config.events.enabled:
-                    self._count_events(state, scope, spans, keys, weights, now)
+        pending.add(rows, columns.starts, columns.ends, weights)
+        if columns.spans is not None:
+            if self._exemplar_max:
+                self._collect_exemplars(columns.spans, rows, columns.starts, columns.ends)
+            if self.config.events.enabled:
+                self._count_events(columns.spans, keys, weights, now)
         pending.arrived(now)
         if len(pending.rows) >= APPLY_BATCH_SPANS:
             self._apply_pending()
@@ -262,7 +288,109 @@ class SpanMetricsEngine:
         w = np.ones(len(row_ids), np.int64) if weights is None else np.array(weights, np.int64)
         self.table.record(row_ids, values, w, pending.arrival_times())
 
-    def _resource_state(self, resource: Resource, service_name: str, now: int) -> _ResourceState:
+    def _read_columns(
+        self, resource_spans: Sequence[ResourceSpans], rids: list[int]
+    ) -> _RequestColumns | None:
+        """Every field the aggregation needs, read in as few passes over the spans as the
+        configuration allows: one comprehension for the whole request in the common case."""
+        kept = [(rid, rs) for rid, rs in zip(rids, resource_spans, strict=True) if rid >= 0]
+        if not self._per_scope:
+            rows = [
+                (
+                    rid,
+                    s.name,
+                    s.kind,
+                    s.status.code,
+                    s.start_time_unix_nano,
+                    s.end_time_unix_nano,
+                    s.trace_state,
+                )
+                for rid, rs in kept
+                for ss in rs.scope_spans
+                for s in ss.spans
+            ]
+            if not rows:
+                return None
+            resource_ids, names, kinds, codes, starts, ends, states = zip(*rows, strict=True)
+            flat: list[Span] | None = (
+                [s for _, rs in kept for ss in rs.scope_spans for s in ss.spans]
+                if self._needs_spans
+                else None
+            )
+            scope_ids: Sequence[int] = [0] * len(names)
+            return _RequestColumns(
+                resource_ids, scope_ids, names, kinds, codes, starts, ends, states, flat, None
+            )
+        # Scope labels or span-attribute dimensions: per resource and scope.
+        plan = self.plan
+        rows_ext: list[tuple[int, int, str, int, int, int, int, str]] = []
+        all_spans: list[Span] = []
+        values: list[tuple[str | None, ...]] = []
+        for rid, rs in kept:
+            fallback = plan.resource_values(rs.resource.attributes)
+            for ss in rs.scope_spans:
+                spans = ss.spans
+                if not spans:
+                    continue
+                sid = self._scope_id(plan.scope_dimensions(ss.scope.name, ss.scope.version))
+                rows_ext += [
+                    (
+                        rid,
+                        sid,
+                        s.name,
+                        s.kind,
+                        s.status.code,
+                        s.start_time_unix_nano,
+                        s.end_time_unix_nano,
+                        s.trace_state,
+                    )
+                    for s in spans
+                ]
+                all_spans += spans
+                if plan.reads_span_attributes:
+                    values += [plan.span_values(s, fallback) for s in spans]
+        if not rows_ext:
+            return None
+        resource_ids, scope_ids, names, kinds, codes, starts, ends, states = zip(
+            *rows_ext, strict=True
+        )
+        return _RequestColumns(
+            resource_ids,
+            scope_ids,
+            names,
+            kinds,
+            codes,
+            starts,
+            ends,
+            states,
+            all_spans,
+            values if plan.reads_span_attributes else None,
+        )
+
+    def _scope_id(self, scope: ScopeDimensions) -> int:
+        sid = self._scopes.get(scope)
+        if sid is None:
+            sid = self._scopes[scope] = len(self._scope_list)
+            self._scope_list.append(scope)
+        return sid
+
+    def _resource_id(self, resource: Resource, now: int) -> int:
+        """The id of a resource's state, or -1 when it has no ``service.name``."""
+        raw = resource.SerializeToString()
+        rid = self._resource_cache.get(raw)
+        if rid is None:
+            rid = self._resolve_resource(resource, now)
+            if len(self._resource_cache) >= _RESOURCE_CACHE_LIMIT:
+                self._resource_cache.clear()
+            self._resource_cache[raw] = rid
+        if rid >= 0:
+            self._by_rid[rid].last_seen_ns = now
+        return rid
+
+    def _resolve_resource(self, resource: Resource, now: int) -> int:
+        service_name = _service_name(resource.attributes)
+        if service_name is None:
+            return -1
         if self._key_attributes:
             pairs = [
                 (kv.key, any_value_to_str(kv.value))
@@ -276,51 +404,39 @@ class SpanMetricsEngine:
         if state is None:
             copy = Resource()
             copy.CopyFrom(resource)
-            state = _ResourceState(copy, service_name, now)
+            state = _ResourceState(self._next_rid, identity, copy, service_name, now)
+            self._next_rid += 1
             self._resources[identity] = state
-        state.last_seen_ns = now
-        return state
+            self._by_rid[state.rid] = state
+        return state.rid
 
-    def _rows_for(
-        self, state: _ResourceState, scope: ScopeDimensions, keys: list[SpanKey], now: int
-    ) -> list[int]:
-        index = state.index.get(scope)
-        if index is None:
-            index = state.index[scope] = {}
-        get = index.get
+    def _rows_for(self, keys: list[SpanKey], now: int) -> list[int]:
+        get = self._index.get
         rows = [get(k, -1) for k in keys]
         if -1 in rows:
             for i, row in enumerate(rows):
                 if row < 0:
-                    rows[i] = self._new_row(state, scope, index, keys[i], now)
+                    rows[i] = self._new_row(keys[i], now)
         return rows
 
-    def _new_row(
-        self,
-        state: _ResourceState,
-        scope: ScopeDimensions,
-        index: dict[SpanKey, int],
-        key: SpanKey,
-        now: int,
-    ) -> int:
-        row = index.get(key, -1)
+    def _new_row(self, key: SpanKey, now: int) -> int:
+        row = self._index.get(key, -1)
         if row >= 0:
             return row
+        state = self._by_rid[key[0]]  # type: ignore[index]
         if self._limit and state.series_count >= self._limit:
             self.counters[CARDINALITY_OVERFLOW] += 1
             if state.overflow_row < 0:
-                state.overflow_row = self._allocate(state, ScopeDimensions(), OVERFLOW_KEY, now)
+                state.overflow_row = self._allocate(state, (state.rid, OVERFLOW_SCOPE), now)
             return state.overflow_row
-        row = self._allocate(state, scope, key, now)
-        index[key] = row
+        row = self._allocate(state, key, now)
+        self._index[key] = row
         state.series_count += 1
         return row
 
-    def _allocate(
-        self, state: _ResourceState, scope: ScopeDimensions, key: SpanKey, now: int
-    ) -> int:
+    def _allocate(self, state: _ResourceState, key: SpanKey, now: int) -> int:
         row = self.table.allocate(now)
-        owner = _RowOwner(state, scope, key)
+        owner = _RowOwner(state, key)
         if row == len(self._owners):
             self._owners.append(owner)
         else:
@@ -337,18 +453,28 @@ class SpanMetricsEngine:
         return None
 
     def _weights(
-        self, spans: Sequence[Span], states: Sequence[str], resource_multiplier: float | None
+        self,
+        columns: _RequestColumns,
+        resource_spans: Sequence[ResourceSpans],
+        rids: list[int],
     ) -> list[int]:
+        """Adjusted count of each span: tracestate threshold times any multiplier."""
         cache = self._adjusted_cache
         key = self.config.span_multiplier_key
+        spans = columns.spans
+        multipliers = {
+            rid: self._resource_multiplier(rs.resource.attributes)
+            for rid, rs in zip(rids, resource_spans, strict=True)
+            if rid >= 0
+        }
         weights: list[int] = []
-        for span, tracestate in zip(spans, states, strict=True):
+        for i, tracestate in enumerate(columns.states):
             count = cache.get(tracestate)
             if count is None:
                 count = cache[tracestate] = adjusted_count(tracestate)
-            multiplier = resource_multiplier
-            if key:
-                for kv in span.attributes:
+            multiplier = multipliers.get(columns.resource_ids[i])
+            if key and spans is not None:
+                for kv in spans[i].attributes:
                     if kv.key == key:
                         parsed = parse_multiplier(any_value_to_number(kv.value))
                         if parsed is None:
@@ -358,14 +484,22 @@ class SpanMetricsEngine:
                         break
             if multiplier is not None:
                 count *= multiplier
-            weights.append(stochastic_round(count, span.span_id) if count != 1.0 else 1)
+            if count == 1.0:
+                weights.append(1)
+            else:
+                span_id = spans[i].span_id if spans is not None else b""
+                weights.append(stochastic_round(count, span_id))
         if len(cache) > 10_000:
             # Tracestates are few in practice; bound the cache against odd producers.
             self._adjusted_cache = {"": 1.0}
         return weights
 
     def _collect_exemplars(
-        self, spans: Sequence[Span], rows: list[int], starts: tuple[int, ...], ends: tuple[int, ...]
+        self,
+        spans: Sequence[Span],
+        rows: list[int],
+        starts: Sequence[int],
+        ends: Sequence[int],
     ) -> None:
         limit = self._exemplar_max
         store = self._exemplars
@@ -383,17 +517,18 @@ class SpanMetricsEngine:
 
     def _count_events(
         self,
-        state: _ResourceState,
-        scope: ScopeDimensions,
         spans: Sequence[Span],
         keys: list[SpanKey],
         weights: list[int] | None,
         now: int,
     ) -> None:
         for i, (span, key) in enumerate(zip(spans, keys, strict=True)):
+            if not span.events:
+                continue
             weight = 1 if weights is None else weights[i]
+            state = self._by_rid[key[0]]  # type: ignore[index]
             for event in span.events:
-                event_key = (scope, (*key, *self.plan.event_values(event.attributes)))
+                event_key = (*key, *self.plan.event_values(event.attributes))
                 series = state.events.get(event_key)
                 if series is None:
                     series = state.events[event_key] = _EventSeries(0, now, now, now)
@@ -420,7 +555,7 @@ class SpanMetricsEngine:
             points.series.append(
                 SeriesPoint(
                     attributes=self.plan.labels(
-                        owner.resource.service_name, owner.key, owner.scope
+                        owner.resource.service_name, owner.key, self._scope_of(owner.key)
                     ),
                     start_time_unix_nano=start,
                     time_unix_nano=now,
@@ -436,6 +571,10 @@ class SpanMetricsEngine:
         self._exemplars.clear()
         return MetricsSnapshot(self.names, self.temporality, now, list(by_resource.values()))
 
+    def _scope_of(self, key: SpanKey) -> ScopeDimensions:
+        sid = key[1]
+        return self._scope_list[sid] if isinstance(sid, int) and sid >= 0 else ScopeDimensions()
+
     @staticmethod
     def _resource_points(
         by_resource: dict[int, ResourcePoints], state: _ResourceState
@@ -447,12 +586,14 @@ class SpanMetricsEngine:
 
     def _flush_events(self, by_resource: dict[int, ResourcePoints], now: int, delta: bool) -> None:
         for state in self._resources.values():
-            for (scope, key), series in state.events.items():
+            for key, series in state.events.items():
                 if delta and not series.touched:
                     continue
                 self._resource_points(by_resource, state).events.append(
                     EventsPoint(
-                        attributes=self.plan.event_labels(state.service_name, key, scope),
+                        attributes=self.plan.event_labels(
+                            state.service_name, key, self._scope_of(key)
+                        ),
                         start_time_unix_nano=series.start_ns if delta else series.created_ns,
                         time_unix_nano=now,
                         count=series.count,
@@ -468,31 +609,38 @@ class SpanMetricsEngine:
         resource_ttl = round(self.config.metrics_expiration * 1e9)
         if not series_ttl and not resource_ttl:
             return
-        expired: set[int] = set()
+        expired_rids = set()
         if resource_ttl:
             for identity, state in list(self._resources.items()):
                 if now - state.last_seen_ns > resource_ttl:
                     del self._resources[identity]
-                    expired.update(r for idx in state.index.values() for r in idx.values())
-                    if state.overflow_row >= 0:
-                        expired.add(state.overflow_row)
+                    del self._by_rid[state.rid]
+                    expired_rids.add(state.rid)
+            if expired_rids:
+                # Cached byte strings may name an expired resource id.
+                self._resource_cache.clear()
+        table = self.table
+        stale = table.live & (
+            (now - table.last_seen_ns > series_ttl) if series_ttl else np.zeros_like(table.live)
+        )
+        expired = set(np.flatnonzero(stale).tolist())
+        if expired_rids:
+            for row, owner in enumerate(self._owners):
+                if owner is not None and owner.resource.rid in expired_rids:
+                    expired.add(row)
+        for row in expired:
+            owner = self._owners[row]
+            assert owner is not None
+            state = owner.resource
+            if owner.key[1] == OVERFLOW_SCOPE:
+                state.overflow_row = -1
+            else:
+                del self._index[owner.key]
+                state.series_count -= 1
+            self._owners[row] = None
         if series_ttl:
-            stale = (now - self.table.last_seen_ns > series_ttl) & self.table.live
-            for row in np.flatnonzero(stale).tolist():
-                owner = self._owners[row]
-                if owner is None or row in expired:
-                    continue
-                state = owner.resource
-                if owner.key == OVERFLOW_KEY:
-                    state.overflow_row = -1
-                else:
-                    del state.index[owner.scope][owner.key]
-                    state.series_count -= 1
-                expired.add(row)
             for state in self._resources.values():
                 for event_key, event in list(state.events.items()):
                     if now - event.last_seen_ns > series_ttl:
                         del state.events[event_key]
-        for row in expired:
-            self._owners[row] = None
-        self.table.release(sorted(expired))
+        table.release(sorted(expired))

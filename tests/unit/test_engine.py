@@ -373,3 +373,31 @@ def test_many_series_and_rows_reused_after_expiry() -> None:
         p.calls == 1 and p.duration is not None and p.duration.count == 1
         for p in series_by_labels(snapshot).values()
     )
+
+
+@pytest.mark.parametrize("encoding", ["otlp_proto", "otlp_json"])
+def test_consume_record_equals_consume_with_and_without_sampling(encoding: str) -> None:
+    from spanmetrics.synth import encode_request
+
+    req = request(
+        resource(CHECKOUT, span("a", trace_state="ot=th:c"), span("a"), span("b", duration_ms=7)),
+        resource({"service.name": "cart"}, span("c", trace_state="vendor=1")),
+    )
+    direct, _ = make_engine()
+    direct.consume(req)
+    from_bytes, _ = make_engine()
+    from_bytes.consume_record(encode_request(req, encoding), encoding)  # type: ignore[arg-type]
+    expected = {k: (p.calls, p.duration) for k, p in series_by_labels(direct.flush()).items()}
+    got = {k: (p.calls, p.duration) for k, p in series_by_labels(from_bytes.flush()).items()}
+    assert got == expected
+    assert sum(calls for calls, _ in got.values()) == 4 + 1 + 1 + 1
+
+
+def test_consume_record_raises_decode_error_and_aggregates_nothing() -> None:
+    from spanmetrics.decode import DecodeError
+
+    engine, _ = make_engine()
+    with pytest.raises(DecodeError):
+        engine.consume_record(b"\xff\xff\xff\xff", "otlp_proto")
+    assert engine.counters["spans_received"] == 0
+    assert engine.flush().resources == []

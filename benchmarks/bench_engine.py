@@ -1,0 +1,228 @@
+"""Engine benchmark: `make bench`.
+
+Measured in one run, on one reference payload (synthetic records of about 1000 spans with
+about 10 attributes each, several resources per record):
+
+  (a) a bare protobuf parse of every record (the floor any Python decoder pays);
+  (b) the engine: decode + aggregate + flush + OTLP encode of the output;
+  (c) the OpenTelemetry Python SDK's exponential-histogram aggregation fed the same
+      durations and labels (what a Python user would reach for), parse not included;
+
+then the ratios between them and the memory per active series. Each figure is the best of
+``--repeat`` runs. Pass ``--profile`` to print where the engine's time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import pstats
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: E402
+    ExportTraceServiceRequest,
+)
+from spanmetrics.synth import SpanGenerator  # noqa: E402
+
+from spanmetrics.aggregate.engine import SpanMetricsEngine  # noqa: E402
+from spanmetrics.config.load import load_topology, parse_topology  # noqa: E402
+from spanmetrics.config.model import SpanMetricsConfig  # noqa: E402
+from spanmetrics.decode import decode_traces  # noqa: E402
+from spanmetrics.export.otlp import snapshot_to_request  # noqa: E402
+from spanmetrics.model.clock import FakeClock  # noqa: E402
+from spanmetrics.model.enums import span_kind_name, status_code_name  # noqa: E402
+
+TARGET_SPANS_PER_S = 400_000
+TARGET_PARSE_RATIO = 3.0
+TARGET_SDK_RATIO = 5.0
+TARGET_BYTES_PER_SERIES = 2048
+
+
+def best_of(repeat: int, fn: Callable[[], object]) -> float:
+    """Shortest wall time of ``repeat`` runs, GC collected before each."""
+    best = float("inf")
+    for _ in range(repeat):
+        gc.collect()
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def make_payload(records: int, spans_per_record: int) -> list[bytes]:
+    generator = SpanGenerator(seed=1)
+    return [generator.batch_request(spans_per_record).SerializeToString() for _ in range(records)]
+
+
+def run_engine(payload: list[bytes], config: SpanMetricsConfig) -> None:
+    engine = SpanMetricsEngine(config, FakeClock())
+    for record in payload:
+        engine.consume(decode_traces(record, "otlp_proto"))
+    snapshot_to_request(engine.flush()).SerializeToString()
+
+
+def run_parse(payload: list[bytes]) -> None:
+    parse = ExportTraceServiceRequest.FromString
+    for record in payload:
+        parse(record)
+
+
+def sdk_inputs(payload: list[bytes]) -> list[tuple[float, dict[str, str]]]:
+    """Durations (ms) and connector labels of every span, read outside the timing."""
+    out: list[tuple[float, dict[str, str]]] = []
+    for record in payload:
+        for rs in ExportTraceServiceRequest.FromString(record).resource_spans:
+            service = next(
+                (
+                    kv.value.string_value
+                    for kv in rs.resource.attributes
+                    if kv.key == "service.name"
+                ),
+                "",
+            )
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    labels = {
+                        "service.name": service,
+                        "span.name": s.name,
+                        "span.kind": span_kind_name(s.kind),
+                        "status.code": status_code_name(s.status.code),
+                    }
+                    out.append(((s.end_time_unix_nano - s.start_time_unix_nano) / 1e6, labels))
+    return out
+
+
+def run_sdk(inputs: list[tuple[float, dict[str, str]]]) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation, View
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(
+        metric_readers=[reader],
+        views=[View(instrument_name="*", aggregation=ExponentialBucketHistogramAggregation(160))],
+    )
+    histogram = provider.get_meter("bench").create_histogram("duration", unit="ms")
+    record = histogram.record
+    for value, labels in inputs:
+        record(value, labels)
+    reader.get_metrics_data()
+    provider.shutdown()
+
+
+def memory_per_series(n_series: int) -> float:
+    """Bytes held per live series: engine state after ``n_series`` distinct series, each
+    with a spread of durations, measured with tracemalloc (numpy arrays included)."""
+    from tests.builders import request, resource, span  # test builders, not timed
+
+    config = parse_topology({}).spanmetrics
+    batches = []
+    per_batch = 1000
+    for b in range(n_series // per_batch):
+        spans = [
+            span(f"op-{b}-{i}", duration_ms=0.5 + (i * 37 % 1000) * 3.1) for i in range(per_batch)
+        ]
+        batches.append(request(resource({"service.name": f"svc{b % 7}"}, *spans)))
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    engine = SpanMetricsEngine(config, FakeClock())
+    for batch in batches:
+        engine.consume(batch)
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert engine.active_series == n_series
+    return (after - before) / n_series
+
+
+def verdict(ok: bool) -> str:
+    return "meets target" if ok else "MISSES target"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=120, help="records (default 120)")
+    parser.add_argument("--spans-per-record", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (best is kept)")
+    parser.add_argument("--series", type=int, default=50_000, help="series for the memory figure")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of the engine")
+    args = parser.parse_args()
+
+    payload = make_payload(args.records, args.spans_per_record)
+    n_spans = args.records * args.spans_per_record
+    size = sum(map(len, payload))
+    print(
+        f"payload: {args.records} records x {args.spans_per_record} spans = {n_spans:,} spans, "
+        f"{size / n_spans:.0f} bytes/span"
+    )
+
+    default = parse_topology({}).spanmetrics
+    red = load_topology(ROOT / "topologies" / "red.yaml").spanmetrics
+    t_parse = best_of(args.repeat, lambda: run_parse(payload))
+    t_engine = best_of(args.repeat, lambda: run_engine(payload, default))
+    t_red = best_of(args.repeat, lambda: run_engine(payload, red))
+    inputs = sdk_inputs(payload)
+    t_sdk = best_of(max(1, args.repeat - 1), lambda: run_sdk(inputs))
+    bytes_per_series = memory_per_series(args.series)
+
+    def rate(t: float) -> float:
+        return n_spans / t
+
+    print()
+    print(f"(a) bare protobuf parse            {rate(t_parse):>12,.0f} spans/s")
+    print(
+        f"(b) engine, intrinsic dimensions   {rate(t_engine):>12,.0f} spans/s   "
+        f"decode+aggregate+flush"
+    )
+    print(
+        f"    engine, topologies/red.yaml    {rate(t_red):>12,.0f} spans/s   "
+        f"({len(red.dimensions)} extra dimensions)"
+    )
+    print(
+        f"(c) OTel SDK exponential histogram {rate(t_sdk):>12,.0f} spans/s   "
+        f"record() only, parse excluded"
+    )
+    print()
+    engine_rate = rate(t_engine)
+    parse_ratio = t_engine / t_parse
+    sdk_ratio = t_sdk / t_engine
+    print(
+        f"engine throughput        {engine_rate:>10,.0f} spans/s  "
+        f"target >= {TARGET_SPANS_PER_S:,}  {verdict(engine_rate >= TARGET_SPANS_PER_S)}"
+    )
+    print(
+        f"engine / bare parse      {parse_ratio:>10.2f}x slower "
+        f"target <= {TARGET_PARSE_RATIO:.0f}x      {verdict(parse_ratio <= TARGET_PARSE_RATIO)}"
+    )
+    print(
+        f"engine vs OTel SDK       {sdk_ratio:>10.2f}x faster "
+        f"target >= {TARGET_SDK_RATIO:.0f}x      {verdict(sdk_ratio >= TARGET_SDK_RATIO)}"
+    )
+    print(
+        f"memory per active series {bytes_per_series:>10,.0f} bytes  target <= "
+        f"{TARGET_BYTES_PER_SERIES:,} ({args.series:,} series, max_size 160)  "
+        f"{verdict(bytes_per_series <= TARGET_BYTES_PER_SERIES)}"
+    )
+    if engine_rate < TARGET_SPANS_PER_S:
+        print(f"  engine is {TARGET_SPANS_PER_S / engine_rate:.2f}x short of the throughput target")
+
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        run_engine(payload, default)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,330 @@
+"""The ``spanmetrics`` command line: aggregate, validate, synth, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from spanmetrics import __version__
+from spanmetrics.aggregate.engine import SpanMetricsEngine
+from spanmetrics.aggregate.summary import summarize_services
+from spanmetrics.config.load import ConfigError, load_topology
+from spanmetrics.config.model import Topology
+from spanmetrics.decode import ENCODINGS, DecodeError, decode_traces
+from spanmetrics.export.otlp import encode_metrics, snapshot_to_request
+from spanmetrics.model.clock import SystemClock
+
+#: Exit status when the run worked but some records were skipped as undecodable.
+EXIT_SKIPPED_RECORDS = 3
+#: Exit status for a bad topology or bad arguments.
+EXIT_CONFIG = 2
+
+
+class Progress:
+    """Progress on stderr: a rewritten line on a terminal, a line every few seconds otherwise."""
+
+    def __init__(self, total: int, stream: TextIO, interval_s: float | None = None) -> None:
+        self.total = total
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.interval_s = interval_s if interval_s is not None else (0.2 if self.tty else 5.0)
+        self._started = time.monotonic()
+        self._last = self._started
+
+    def update(self, done: int, spans: int, force: bool = False) -> None:
+        """Report ``done`` of ``total`` records, if enough time has passed (or ``force``)."""
+        now = time.monotonic()
+        if not force and now - self._last < self.interval_s:
+            return
+        self._last = now
+        rate = spans / max(now - self._started, 1e-9)
+        line = f"records {done:,}/{self.total:,}  spans {spans:,}  ({rate:,.0f} spans/s)"
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if force else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _expand_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Files as given; directories as their files in name order (hidden files skipped)."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(
+                sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            )
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"input {item!r} is neither a file nor a directory")
+    return files
+
+
+def _load(path: str) -> Topology:
+    topology = load_topology(path)
+    for key in topology.spanmetrics.ignored_keys:
+        print(
+            f"warning: spanmetrics.{key} is accepted for compatibility and ignored", file=sys.stderr
+        )
+    return topology
+
+
+def _default_output_encoding(topology: Topology) -> str:
+    for sink in topology.sinks:
+        if sink.kafka is not None:
+            return sink.kafka.encoding
+    return "otlp_proto"
+
+
+def _write_output(data: bytes, output: str) -> None:
+    if output == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        Path(output).write_bytes(data)
+
+
+def _print_counters(counters: Counter[str], stream: TextIO) -> None:
+    for name, value in sorted(counters.items()):
+        print(f"  {name}: {value:,}", file=stream)
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    """Aggregate record files into one ExportMetricsServiceRequest (one flush)."""
+    topology = _load(args.topology)
+    input_encoding = args.input_encoding or topology.source.encoding
+    output_encoding = args.output_encoding or _default_output_encoding(topology)
+    files = _expand_inputs(args.inputs)
+    engine = SpanMetricsEngine(topology.spanmetrics, SystemClock())
+    skipped: Counter[str] = Counter()
+    progress = Progress(len(files), sys.stderr)
+    for done, path in enumerate(files, 1):
+        try:
+            request = decode_traces(path.read_bytes(), input_encoding)
+        except DecodeError as err:
+            skipped[err.reason] += 1
+            print(f"skipped {path}: {err}", file=sys.stderr)
+        else:
+            engine.consume(request)
+        progress.update(done, engine.counters["spans_received"])
+    if len(files) > 1:
+        progress.update(len(files), engine.counters["spans_received"], force=True)
+    snapshot = engine.flush()
+    _write_output(encode_metrics(snapshot_to_request(snapshot), output_encoding), args.output)
+    print(
+        f"{len(files):,} records, {sum(skipped.values()):,} skipped, "
+        f"{snapshot.series_count:,} series -> {args.output} ({output_encoding})",
+        file=sys.stderr,
+    )
+    _print_counters(
+        engine.counters + Counter({f"records_skipped.{k}": v for k, v in skipped.items()}),
+        sys.stderr,
+    )
+    return EXIT_SKIPPED_RECORDS if skipped else 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Load a topology and print what it resolves to."""
+    topology = _load(args.topology)
+    sm = topology.spanmetrics
+    hist = sm.histogram
+    kind = (
+        "disabled"
+        if hist.disable
+        else f"exponential, max_size {hist.max_size}"
+        if hist.is_exponential
+        else f"explicit, {len(hist.explicit.buckets) if hist.explicit else 0} bounds"
+    )
+    print(f"{args.topology}: valid")
+    print(f"  source: {topology.source.topic} ({topology.source.encoding})")
+    print(f"  metrics: {sm.namespace or '(no namespace)'}.calls/.duration [{hist.unit}], {kind}")
+    print(
+        f"  temporality: {sm.aggregation_temporality}, flush every {sm.metrics_flush_interval:g}s"
+    )
+    print(f"  dimensions: {', '.join(d.name for d in sm.dimensions) or '(intrinsic only)'}")
+    for sink in topology.sinks:
+        print(f"  sink: {sink.model_dump(exclude_none=True)}")
+    return 0
+
+
+def _records(count: int, spans_per_record: int, seed: int, encoding: str) -> Iterator[bytes]:
+    from spanmetrics.synth import SpanGenerator, encode_request
+
+    generator = SpanGenerator(seed=seed)
+    for _ in range(count):
+        yield encode_request(generator.batch_request(spans_per_record), encoding)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Write synthetic record files, one Kafka record value each."""
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "json" if args.encoding == "otlp_json" else "pb"
+    records = _records(args.records, args.spans_per_record, args.seed, args.encoding)
+    for i, data in enumerate(records):
+        (out / f"record-{i:06d}.{suffix}").write_bytes(data)
+    print(
+        f"wrote {args.records:,} records of {args.spans_per_record:,} spans to {out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _fmt_ms(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    ms = value if unit == "ms" else value * 1e3
+    return f"{ms:,.1f}ms" if ms < 10_000 else f"{ms / 1e3:,.1f}s"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Synthetic spans through the engine; per-service RED table on stdout."""
+    topology = _load(args.topology)
+    engine = SpanMetricsEngine(topology.spanmetrics, SystemClock())
+    started = time.perf_counter()
+    progress = Progress(args.records, sys.stderr)
+    for done, data in enumerate(
+        _records(args.records, args.spans_per_record, args.seed, "otlp_proto"), 1
+    ):
+        engine.consume(decode_traces(data, "otlp_proto"))
+        progress.update(done, engine.counters["spans_received"])
+    snapshot = engine.flush()
+    elapsed = time.perf_counter() - started
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(encode_metrics(snapshot_to_request(snapshot), "otlp_proto"))
+    spans = engine.counters["spans_received"]
+    print(
+        f"{spans:,} spans -> {snapshot.series_count:,} series in {elapsed:.2f}s "
+        f"(generation included); metrics written to {out}\n"
+    )
+    unit = topology.spanmetrics.histogram.unit
+    header = f"{'service':<22}{'calls':>10}{'error %':>9}{'p50':>11}{'p95':>11}{'p99':>11}"
+    print(header)
+    print("-" * len(header))
+    for s in summarize_services(snapshot)[: args.top]:
+        print(
+            f"{s.service:<22}{s.calls:>10,}{s.error_ratio * 100:>8.2f}%"
+            f"{_fmt_ms(s.quantile(0.5), unit):>11}{_fmt_ms(s.quantile(0.95), unit):>11}"
+            f"{_fmt_ms(s.quantile(0.99), unit):>11}"
+        )
+    print("\nQuantiles come from each service's merged exponential histogram.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with ``--help`` on every command."""
+    parser = argparse.ArgumentParser(
+        prog="spanmetrics",
+        description="Turn OpenTelemetry spans into RED metrics kept as mergeable exponential "
+        "histograms.",
+    )
+    parser.add_argument("--version", action="version", version=f"spanmetrics {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    agg = sub.add_parser(
+        "aggregate",
+        help="aggregate record files into one OTLP metrics request",
+        description="Aggregate Kafka record values saved as files into one OTLP "
+        "ExportMetricsServiceRequest: the state after all inputs, as one flush. "
+        "Undecodable records are reported and skipped (exit status 3).",
+    )
+    agg.add_argument("--topology", required=True, metavar="FILE", help="topology YAML file")
+    agg.add_argument(
+        "--input-encoding",
+        choices=ENCODINGS,
+        default=None,
+        help="encoding of the records (default: the topology's source.encoding)",
+    )
+    agg.add_argument(
+        "--output-encoding",
+        choices=ENCODINGS,
+        default=None,
+        help="encoding of the output (default: the first kafka sink's encoding)",
+    )
+    agg.add_argument("--output", required=True, metavar="OUT", help="output file, or - for stdout")
+    agg.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="a file holding one record value, or a directory of such files read in name order",
+    )
+    agg.set_defaults(func=cmd_aggregate)
+
+    val = sub.add_parser(
+        "validate",
+        help="check a topology file",
+        description="Load a topology, report every invalid key by its path, "
+        "and print what it resolves to.",
+    )
+    val.add_argument("--topology", required=True, metavar="FILE", help="topology YAML file")
+    val.set_defaults(func=cmd_validate)
+
+    syn = sub.add_parser(
+        "synth",
+        help="write synthetic span records",
+        description="Write realistic synthetic OTLP span records (an online "
+        "shop on Kubernetes), one record value per file.",
+    )
+    syn.add_argument("--records", type=int, default=20, help="number of records (default 20)")
+    syn.add_argument(
+        "--spans-per-record", type=int, default=1000, help="spans in each record (default 1000)"
+    )
+    syn.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="otlp_proto",
+        help="record encoding (default otlp_proto)",
+    )
+    syn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    syn.add_argument("--output-dir", required=True, metavar="DIR", help="directory to write to")
+    syn.set_defaults(func=cmd_synth)
+
+    demo = sub.add_parser(
+        "demo",
+        help="synthetic spans through the engine, RED table",
+        description="Generate synthetic spans, aggregate them with the "
+        "topology, write the OTLP metrics and print calls, error %% and "
+        "p50/p95/p99 per service.",
+    )
+    demo.add_argument(
+        "--topology",
+        default="topologies/red.yaml",
+        metavar="FILE",
+        help="topology YAML file (default topologies/red.yaml)",
+    )
+    demo.add_argument("--records", type=int, default=200, help="records (default 200)")
+    demo.add_argument(
+        "--spans-per-record", type=int, default=1000, help="spans per record (default 1000)"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--top", type=int, default=10, help="services to show (default 10)")
+    demo.add_argument(
+        "--output",
+        default=".run/metrics.pb",
+        metavar="OUT",
+        help="where to write the metrics (default .run/metrics.pb)",
+    )
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``spanmetrics`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (FileNotFoundError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    return result
