@@ -219,6 +219,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one fleet worker until SIGTERM/SIGINT."""
+    import asyncio
+    import logging
+
+    from spanmetrics.fleet.run import apply_overrides, run_worker
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    topology = apply_overrides(
+        _load(args.topology), args.broker, args.state, args.group, args.flush_interval
+    )
+    asyncio.run(run_worker(topology, args.worker_id))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with ``--help`` on every command."""
     parser = argparse.ArgumentParser(
@@ -313,6 +331,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the metrics (default .run/metrics.pb)",
     )
     demo.set_defaults(func=cmd_demo)
+    work = sub.add_parser(
+        "worker",
+        help="run a fleet worker on Kafka",
+        description="Consume spans from the topology's source topic as a member of its "
+        "consumer group, checkpoint per-partition state with offsets to the state store, "
+        "and publish the series this worker owns to the sinks every flush interval. "
+        "Start any number with the same topology; SIGTERM flushes, checkpoints and leaves "
+        "the group. Overrides: command line, then SPANMETRICS_BROKER / SPANMETRICS_STATE / "
+        "SPANMETRICS_GROUP, then the topology.",
+    )
+    work.add_argument("--topology", required=True, metavar="FILE", help="topology YAML file")
+    work.add_argument("--broker", metavar="URL", help="kafka://HOST:PORT (overrides source.broker)")
+    work.add_argument(
+        "--state", metavar="URL", help="redis://HOST:PORT/DB or memory:// (overrides state)"
+    )
+    work.add_argument("--group", help="consumer group (overrides source.group)")
+    work.add_argument(
+        "--flush-interval", metavar="DURATION", help="e.g. 5s (overrides metrics_flush_interval)"
+    )
+    work.add_argument("--worker-id", help="name in logs (default: host-pid)")
+    work.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    work.set_defaults(func=cmd_worker)
     return parser
 
 

@@ -14,6 +14,14 @@ DEFAULT_SOURCE_TOPIC: Final = "otlp_spans"
 DEFAULT_ENCODING: Final = "otlp_proto"
 #: Broker used when neither the topology nor the command line names one.
 DEFAULT_BROKER: Final = "kafka://127.0.0.1:9092"
+#: Consumer group of the fleet; also the namespace of its state in Redis.
+DEFAULT_GROUP: Final = "spanmetrics"
+#: Where a partition without a checkpoint starts: "earliest" loses nothing.
+DEFAULT_INITIAL_OFFSET: Final = "earliest"
+#: Records that cannot be decoded go here, with headers naming the error and origin.
+DEFAULT_DEAD_LETTER_TOPIC: Final = "otlp_spans_dlq"
+#: Durable state: memory:// keeps it in one process only.
+DEFAULT_STATE_URL: Final = "memory://"
 #: Output topic that the Collector's Kafka receiver reads metrics from.
 DEFAULT_METRICS_TOPIC: Final = "otlp_metrics"
 

@@ -227,6 +227,12 @@ class SourceConfig(_Strict):
     """Record encoding: ``otlp_proto`` or ``otlp_json``."""
     broker: str = defaults.DEFAULT_BROKER
     """Kafka bootstrap URL, ``kafka://HOST:PORT``."""
+    group: str = Field(default=defaults.DEFAULT_GROUP, min_length=1)
+    """Consumer group: workers with the same group form one fleet."""
+    initial_offset: Literal["earliest", "latest"] = defaults.DEFAULT_INITIAL_OFFSET
+    """Where a partition with no checkpoint starts reading."""
+    dead_letter_topic: str = defaults.DEFAULT_DEAD_LETTER_TOPIC
+    """Topic for records that cannot be decoded."""
 
 
 class KafkaSinkConfig(_Strict):
@@ -303,3 +309,13 @@ class Topology(_Strict):
     """Aggregation settings, the connector's keys."""
     sinks: tuple[SinkConfig, ...] = Field(default_factory=_default_sinks)
     """Where metrics go; defaults to one Kafka sink on ``otlp_metrics``."""
+    state: str = defaults.DEFAULT_STATE_URL
+    """Durable state: ``redis://HOST:PORT/DB`` for a fleet, ``memory://`` for one process."""
+
+    @field_validator("state")
+    @classmethod
+    def _state_url(cls, url: str) -> str:
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        if scheme not in ("memory", "redis", "rediss", "unix"):
+            raise ValueError(f"expected memory:// or redis://HOST:PORT/DB, got {url!r}")
+        return url

@@ -1,0 +1,38 @@
+"""Resource identity: which resources share series, as ``resource_metrics_key_attributes`` says."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from spanmetrics.aggregate.attributes import any_value_to_str
+
+#: ``(service.name, (key, value), ...)`` with the pairs sorted, so attribute order and
+#: unlisted attributes don't split a resource.
+ResourceIdentity = tuple[object, ...]
+
+
+def service_name(attributes: Iterable[KeyValue]) -> str | None:
+    """The resource's ``service.name``, or None when missing or empty."""
+    for kv in attributes:
+        if kv.key == "service.name":
+            return any_value_to_str(kv.value) or None
+    return None
+
+
+def resource_identity(
+    resource: Resource, key_attributes: frozenset[str] = frozenset()
+) -> ResourceIdentity | None:
+    """Identity of a resource: its service name and its (key) attributes; None without a
+    service name, since such spans are dropped."""
+    name = service_name(resource.attributes)
+    if name is None:
+        return None
+    pairs = sorted(
+        (kv.key, any_value_to_str(kv.value))
+        for kv in resource.attributes
+        if not key_attributes or kv.key in key_attributes
+    )
+    return (name, *pairs)

@@ -1,0 +1,1 @@
+"""The worker fleet: Kafka in, checkpoints in the state store, metrics out."""

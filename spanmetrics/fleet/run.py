@@ -1,0 +1,67 @@
+"""Running a worker as a process: overrides, signals, logging."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+
+from spanmetrics.config.load import parse_topology
+from spanmetrics.config.model import Topology
+from spanmetrics.fleet.worker import Worker
+from spanmetrics.model.clock import SystemClock
+from spanmetrics.state.store import open_store
+
+#: Environment variables that override the topology (the command line overrides both).
+ENV_BROKER = "SPANMETRICS_BROKER"
+ENV_STATE = "SPANMETRICS_STATE"
+ENV_GROUP = "SPANMETRICS_GROUP"
+
+
+def apply_overrides(
+    topology: Topology,
+    broker: str | None = None,
+    state: str | None = None,
+    group: str | None = None,
+    flush_interval: str | None = None,
+) -> Topology:
+    """The topology with command-line, then environment, overrides applied.
+
+    Raises:
+        ConfigError: an override is invalid; the message names the key it sets.
+    """
+    document = topology.model_dump()
+    if broker := broker or os.environ.get(ENV_BROKER):
+        document["source"]["broker"] = broker
+    if group := group or os.environ.get(ENV_GROUP):
+        document["source"]["group"] = group
+    if state := state or os.environ.get(ENV_STATE):
+        document["state"] = state
+    if flush_interval:
+        document["spanmetrics"]["metrics_flush_interval"] = flush_interval
+    return parse_topology(document, "command line and environment")
+
+
+async def run_worker(topology: Topology, worker_id: str | None = None) -> None:
+    """Run one worker until SIGTERM or SIGINT, then flush, checkpoint and leave the group."""
+    worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    store = open_store(topology.state, topology.source.group)
+    worker = Worker(topology, store, SystemClock(), worker_id=worker_id)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logging.getLogger("spanmetrics.worker").info(
+        "%s: starting on %s topic %s group %s state %s",
+        worker_id,
+        worker.bootstrap,
+        topology.source.topic,
+        topology.source.group,
+        topology.state.split("@")[-1],
+    )
+    try:
+        await worker.run(stop)
+    finally:
+        await store.close()

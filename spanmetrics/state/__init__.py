@@ -1,0 +1,1 @@
+"""Durable fleet state: checkpoints and publish records, fenced against zombie writers."""
