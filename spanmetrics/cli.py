@@ -12,7 +12,11 @@ from typing import TextIO
 
 from spanmetrics import __version__
 from spanmetrics.aggregate.engine import SpanMetricsEngine
-from spanmetrics.aggregate.summary import summarize_services
+from spanmetrics.aggregate.summary import (
+    service_table_header,
+    service_table_row,
+    summarize_services,
+)
 from spanmetrics.config.load import ConfigError, load_topology
 from spanmetrics.config.model import Topology
 from spanmetrics.decode import ENCODINGS, DecodeError, decode_traces
@@ -177,13 +181,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt_ms(value: float | None, unit: str) -> str:
-    if value is None:
-        return "-"
-    ms = value if unit == "ms" else value * 1e3
-    return f"{ms:,.1f}ms" if ms < 10_000 else f"{ms / 1e3:,.1f}s"
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic spans through the engine; per-service RED table on stdout."""
     topology = _load(args.topology)
@@ -206,15 +203,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"(generation included); metrics written to {out}\n"
     )
     unit = topology.spanmetrics.histogram.unit
-    header = f"{'service':<22}{'calls':>10}{'error %':>9}{'p50':>11}{'p95':>11}{'p99':>11}"
+    header = service_table_header()
     print(header)
     print("-" * len(header))
     for s in summarize_services(snapshot)[: args.top]:
-        print(
-            f"{s.service:<22}{s.calls:>10,}{s.error_ratio * 100:>8.2f}%"
-            f"{_fmt_ms(s.quantile(0.5), unit):>11}{_fmt_ms(s.quantile(0.95), unit):>11}"
-            f"{_fmt_ms(s.quantile(0.99), unit):>11}"
-        )
+        print(service_table_row(s, unit, s.calls))
     print("\nQuantiles come from each service's merged exponential histogram.")
     return 0
 

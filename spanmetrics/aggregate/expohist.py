@@ -253,16 +253,19 @@ class ExpoHistogram:
         if self.count == 0:
             return math.nan
         rank = min(max(math.ceil(q * self.count) - 1, 0), self.count - 1)
-        if rank == 0:
+        # A delta histogram made by subtracting cumulative states has unknown (NaN)
+        # min and max; then every rank is read from its bucket.
+        known = not (math.isnan(self.min) or math.isnan(self.max))
+        if rank == 0 and known:
             return self.min
-        if rank == self.count - 1:
+        if rank == self.count - 1 and known:
             return self.max
         lower, upper = self.bucket_bounds_for_rank(rank)
         if upper == 0.0:
             return 0.0
         # sqrt of each factor avoids overflowing lower * upper.
         mid = math.sqrt(lower) * math.sqrt(upper)
-        return min(max(mid, self.min), self.max)
+        return min(max(mid, self.min), self.max) if known else mid
 
 
 def merge(a: ExpoHistogram, b: ExpoHistogram, max_size: int) -> ExpoHistogram:

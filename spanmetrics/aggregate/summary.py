@@ -6,6 +6,7 @@ of all its series' exponential histograms, never from an average of per-series p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from spanmetrics.aggregate.expohist import ExpoHistogram
@@ -34,6 +35,27 @@ class ServiceSummary:
         if self.duration is None or self.duration.count == 0:
             return None
         return self.duration.quantile(q)
+
+
+def format_duration(value: float | None, unit: str) -> str:
+    """A duration in ``unit`` for a table: ``12.3ms`` or ``4.5s``; ``-`` when unknown."""
+    if value is None or math.isnan(value):
+        return "-"
+    ms = value if unit == "ms" else value * 1e3
+    return f"{ms:,.1f}ms" if ms < 10_000 else f"{ms / 1e3:,.1f}s"
+
+
+def service_table_header(calls_title: str = "calls") -> str:
+    """Header of the per-service table shown by ``demo`` and the live view."""
+    return f"{'service':<22}{calls_title:>10}{'error %':>9}{'p50':>11}{'p95':>11}{'p99':>11}"
+
+
+def service_table_row(summary: ServiceSummary, unit: str, calls: float) -> str:
+    """One service: ``calls`` (a count or a rate), error %, and p50/p95/p99."""
+    quantiles = "".join(
+        f"{format_duration(summary.quantile(q), unit):>11}" for q in (0.5, 0.95, 0.99)
+    )
+    return f"{summary.service:<22}{calls:>10,.0f}{summary.error_ratio * 100:>8.2f}%{quantiles}"
 
 
 def summarize_services(snapshot: MetricsSnapshot) -> list[ServiceSummary]:

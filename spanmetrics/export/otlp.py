@@ -3,6 +3,7 @@ receiver reads them from ``otlp_metrics``."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -52,14 +53,23 @@ def _set_exemplars(
         out.time_unix_nano = exemplar.time_unix_nano
 
 
+def _set_min_max(
+    point: ExponentialHistogramDataPoint | HistogramDataPoint,
+    hist: ExpoHistogram | ExplicitHistogram,
+) -> None:
+    # min and max are optional in OTLP: left out when empty, and when unknown (NaN), as in
+    # a delta made by subtracting two cumulative states.
+    if hist.count and not (math.isnan(hist.min) or math.isnan(hist.max)):
+        point.min = hist.min
+        point.max = hist.max
+
+
 def _fill_exponential(point: ExponentialHistogramDataPoint, hist: ExpoHistogram) -> None:
     point.count = hist.count
     point.sum = hist.sum
     point.scale = hist.scale
     point.zero_count = hist.zero_count
-    if hist.count:
-        point.min = hist.min
-        point.max = hist.max
+    _set_min_max(point, hist)
     if hist.counts:
         point.positive.offset = hist.offset
         point.positive.bucket_counts.extend(hist.counts)
@@ -68,9 +78,7 @@ def _fill_exponential(point: ExponentialHistogramDataPoint, hist: ExpoHistogram)
 def _fill_explicit(point: HistogramDataPoint, hist: ExplicitHistogram) -> None:
     point.count = hist.count
     point.sum = hist.sum
-    if hist.count:
-        point.min = hist.min
-        point.max = hist.max
+    _set_min_max(point, hist)
     point.explicit_bounds.extend(hist.bounds)
     point.bucket_counts.extend(hist.counts)
 

@@ -25,6 +25,7 @@ from spanmetrics.aggregate.resources import resource_identity
 from spanmetrics.config.model import Topology
 from spanmetrics.decode import DecodeError
 from spanmetrics.export.otlp import encode_metrics, snapshot_to_request
+from spanmetrics.fleet.telemetry import telemetry_request
 from spanmetrics.model.clock import Clock
 from spanmetrics.state.store import FencedError, StateStore
 
@@ -44,7 +45,11 @@ class _Partition:
     engine: SpanMetricsEngine
     next_offset: int
     shards: dict[int, CumulativeShard] = field(default_factory=dict)
+    #: Records consumed since the last successful checkpoint.
     dirty: bool = False
+    #: Shards changed since the last successful checkpoint. Kept until a save succeeds,
+    #: so a failed write (Redis unreachable) is not forgotten by the next one.
+    unsaved: set[int] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -91,6 +96,7 @@ class Worker:
         self._consumer: Any = None
         self._producer: Any = None
         self.ready = asyncio.Event()
+        self._started_ns = clock.now_ns()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -234,6 +240,7 @@ class Worker:
                 len(shard) for part in self._partitions.values() for shard in part.shards.values()
             )
         self.stats.last_flush_seconds = time.perf_counter() - started
+        await self._publish_telemetry()
         log.info(
             "%s: flush %.3fs partitions=%s series=%d %s",
             self.worker_id,
@@ -249,9 +256,8 @@ class Worker:
         for name, value in part.engine.counters.items():
             self.stats.counters[name] += value
         part.engine.counters.clear()
-        if not part.dirty and not delta.resources:
+        if not part.dirty and not delta.resources and not part.unsaved:
             return
-        touched: set[int] = set()
         for rp in delta.resources:
             identity = resource_identity(rp.resource, self._key_attributes)
             if identity is None:
@@ -260,10 +266,11 @@ class Worker:
             part.shards.setdefault(shard, CumulativeShard()).add_points(
                 identity, rp.resource, rp.series, rp.events
             )
-            touched.add(shard)
-        blobs = {s: part.shards[s].encode(self.names) for s in touched}
+            part.unsaved.add(shard)
+        blobs = {s: part.shards[s].encode(self.names) for s in part.unsaved}
         await self.store.save(p, part.epoch, part.next_offset, blobs)
         part.dirty = False
+        part.unsaved.clear()
         self.stats.last_checkpoint_unix = time.time()
 
     async def _publish(self, s: int) -> None:
@@ -303,6 +310,50 @@ class Worker:
         if record.state is None:
             return CumulativeShard(), {}
         return _decode_published(record.state, self)
+
+    def consumer_lag(self) -> dict[int, float]:
+        """Records behind the broker's high watermark, per owned partition.
+
+        Read from the high watermarks of fetch responses. On the embedded test broker they
+        are known to read low when batches hold several records (see README), so this is
+        a health signal only; nothing exact depends on it.
+        """
+        from aiokafka import TopicPartition
+
+        lag: dict[int, float] = {}
+        for p, part in self._partitions.items():
+            highwater = self._consumer.highwater(TopicPartition(self.topology.source.topic, p))
+            if highwater is not None:
+                lag[p] = float(max(highwater - part.next_offset, 0))
+        return lag
+
+    async def _publish_telemetry(self) -> None:
+        now = self.clock.now_ns()
+        age = (
+            time.time() - self.stats.last_checkpoint_unix
+            if self.stats.last_checkpoint_unix
+            else 0.0
+        )
+        request = telemetry_request(
+            self.worker_id,
+            self.stats.counters,
+            {
+                "series_active": float(self.stats.active_series),
+                "flush_duration_seconds": self.stats.last_flush_seconds,
+                "checkpoint_age_seconds": age,
+                "partitions_owned": float(len(self._partitions)),
+            },
+            {"consumer_lag": self.consumer_lag()} if self._consumer is not None else {},
+            self._started_ns,
+            now,
+        )
+        encoding = self._sink_encoding()
+        payload = encode_metrics(request, encoding)
+        for sink in self.topology.sinks:
+            if sink.kafka is not None and self._producer is not None:
+                await self._producer.send_and_wait(
+                    sink.kafka.topic, value=payload, key=f"worker-{self.worker_id}".encode()
+                )
 
     def _encode(self, snapshot: MetricsSnapshot) -> bytes:
         encoding = self._sink_encoding()

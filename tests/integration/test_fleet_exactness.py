@@ -1,0 +1,237 @@
+"""The fleet's core promise, on a real broker and real Redis: kill workers with SIGKILL,
+start and stop others, and every series still ends at exactly the spans that were sent,
+published by one writer at a time (its cumulative values never go down), with delta
+outputs that sum to the same totals."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from spanmetrics.kafka.admin import ensure_topics
+
+from spanmetrics.aggregate.attributes import any_value_to_str
+from spanmetrics.decode import decode_metrics
+from spanmetrics.model.enums import span_kind_name, status_code_name
+from spanmetrics.synth import SpanGenerator, encode_request
+
+pytestmark = pytest.mark.integration
+
+REDIS_URL = "redis://127.0.0.1:6379/7"
+PARTITIONS = 4
+Labels = tuple[str, str, str, str]
+
+
+class Fleet:
+    """Worker processes of one topology; every one is killed at teardown."""
+
+    def __init__(self, topology: Path, logs: Path) -> None:
+        self.topology = topology
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str) -> None:
+        log = (self.logs / f"{name}.log").open("wb")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "spanmetrics", "worker", "--topology", str(self.topology),
+             "--worker-id", name],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def signal(self, name: str, sig: int) -> None:
+        proc = self.procs[name]
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
+def expected_counts(requests: list[Any]) -> Counter[Labels]:
+    counts: Counter[Labels] = Counter()
+    for req in requests:
+        for rs in req.resource_spans:
+            service = next(
+                any_value_to_str(kv.value)
+                for kv in rs.resource.attributes
+                if kv.key == "service.name"
+            )
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    key = (service, s.name, span_kind_name(s.kind), status_code_name(s.status.code))
+                    counts[key] += 1
+    return counts
+
+
+async def produce(bootstrap: str, topic: str, generator: SpanGenerator, records: int) -> list[Any]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    sent = []
+    try:
+        for _ in range(records):
+            req = generator.batch_request(200)
+            # Nil key, as the Collector's Kafka exporter writes by default.
+            await producer.send_and_wait(topic, encode_request(req, "otlp_proto"))
+            sent.append(req)
+    finally:
+        await producer.stop()
+    return sent
+
+
+class Output:
+    """Everything published on the metrics topic, read as it arrives."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+        )
+        self.history: dict[tuple[str, Any], list[tuple[int, int, int]]] = defaultdict(list)
+        self.records = 0
+
+    async def poll(self, timeout_ms: int = 500) -> None:
+        batches = await self.consumer.getmany(timeout_ms=timeout_ms)
+        for records in batches.values():
+            for record in records:
+                self.records += 1
+                request = decode_metrics(record.value, "otlp_proto")
+                for rm in request.resource_metrics:
+                    resource = tuple(
+                        sorted(
+                            (kv.key, any_value_to_str(kv.value)) for kv in rm.resource.attributes
+                        )
+                    )
+                    for sm in rm.scope_metrics:
+                        for metric in sm.metrics:
+                            if not metric.name.endswith(".calls"):
+                                continue
+                            for p in metric.sum.data_points:
+                                labels = dict(
+                                    (kv.key, kv.value.string_value) for kv in p.attributes
+                                )
+                                key = (
+                                    labels["service.name"],
+                                    labels["span.name"],
+                                    labels["span.kind"],
+                                    labels["status.code"],
+                                )
+                                self.history[(str(resource), key)].append(
+                                    (p.start_time_unix_nano, p.time_unix_nano, p.as_int)
+                                )
+
+    def totals(self, delta: bool) -> Counter[Labels]:
+        totals: Counter[Labels] = Counter()
+        for (_, labels), points in self.history.items():
+            if delta:
+                # A resent pending record repeats a point exactly: same interval, same value.
+                totals[labels] += sum(v for _, _, v in set(points))
+            else:
+                totals[labels] += points[-1][2]
+        return totals
+
+
+@pytest.fixture
+def redis_cleanup() -> Iterator[list[str]]:
+    groups: list[str] = []
+    yield groups
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    for group in groups:
+        keys = list(client.scan_iter(f"spanmetrics:{group}:*"))
+        if keys:
+            client.delete(*keys)
+    client.close()
+
+
+@pytest.mark.parametrize("temporality", ["cumulative", "delta"])
+def test_exact_counts_through_sigkill_and_rebalances(
+    broker: Any, tmp_path: Path, temporality: str, redis_cleanup: list[str]
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    topic, metrics_topic, group = f"spans-{suffix}", f"metrics-{suffix}", f"fleet-{suffix}"
+    redis_cleanup.append(group)
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(
+        yaml.safe_dump(
+            {
+                "source": {"topic": topic, "broker": broker.url, "group": group,
+                           "dead_letter_topic": f"dlq-{suffix}"},
+                "spanmetrics": {
+                    "metrics_flush_interval": "1s",
+                    "aggregation_temporality": f"AGGREGATION_TEMPORALITY_{temporality.upper()}",
+                },
+                "sinks": [{"kafka": {"topic": metrics_topic}}],
+                "state": REDIS_URL,
+            }
+        )
+    )  # fmt: skip
+    fleet = Fleet(topology, tmp_path)
+    generator = SpanGenerator(seed=11)
+
+    async def scenario() -> tuple[Counter[Labels], Output]:
+        await ensure_topics(broker.bootstrap, {topic: PARTITIONS, metrics_topic: 1})
+        output = Output(broker.bootstrap, metrics_topic)
+        await output.consumer.start()
+        try:
+            sent = await produce(broker.bootstrap, topic, generator, 40)
+            fleet.start("a")
+            fleet.start("b")
+            # Wait until the fleet has published something, then kill a worker mid-stream.
+            deadline = time.monotonic() + 90
+            while output.records == 0:
+                assert time.monotonic() < deadline, "the fleet published nothing"
+                await output.poll()
+            fleet.signal("a", signal.SIGKILL)
+            fleet.start("c")
+            sent += await produce(broker.bootstrap, topic, generator, 40)
+            fleet.signal("b", signal.SIGTERM)
+            fleet.start("d")
+            sent += await produce(broker.bootstrap, topic, generator, 40)
+            fleet.signal("c", signal.SIGKILL)
+            sent += await produce(broker.bootstrap, topic, generator, 20)
+            expected = expected_counts(sent)
+            delta = temporality == "delta"
+            deadline = time.monotonic() + 120
+            while output.totals(delta) != expected:
+                if time.monotonic() > deadline:
+                    break
+                await output.poll()
+            return expected, output
+        finally:
+            await output.consumer.stop()
+            fleet.stop_all()
+
+    try:
+        expected, output = asyncio.run(scenario())
+    finally:
+        fleet.stop_all()
+    delta = temporality == "delta"
+    logs = "\n".join(p.read_text()[-2000:] for p in tmp_path.glob("*.log"))
+    got = output.totals(delta)
+    missing = {k: (expected[k], got.get(k, 0)) for k in expected if got.get(k, 0) != expected[k]}
+    assert not missing, f"series with wrong totals (expected, got): {missing}\n{logs}"
+    assert set(got) == set(expected)
+    assert sum(expected.values()) == 140 * 200
+    if not delta:
+        # One writer at a time: a series' cumulative value never goes down.
+        for key, points in output.history.items():
+            values = [v for _, _, v in points]
+            assert values == sorted(values), f"{key} went down: {values}"
+    else:
+        for key, points in output.history.items():
+            for start, end, value in points:
+                assert start < end and value > 0, key
