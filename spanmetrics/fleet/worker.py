@@ -26,15 +26,11 @@ from spanmetrics.config.model import Topology
 from spanmetrics.decode import DecodeError
 from spanmetrics.export.otlp import encode_metrics, snapshot_to_request
 from spanmetrics.fleet.telemetry import telemetry_request
+from spanmetrics.kafka.admin import bootstrap_servers
 from spanmetrics.model.clock import Clock
 from spanmetrics.state.store import FencedError, StateStore
 
 log = logging.getLogger("spanmetrics.worker")
-
-
-def bootstrap_servers(url: str) -> str:
-    """``kafka://host:port[,host:port]`` (or a bare ``host:port``) to aiokafka's form."""
-    return url.removeprefix("kafka://").rstrip("/")
 
 
 @dataclass(slots=True)
