@@ -220,13 +220,21 @@ class Worker:
         """Checkpoint every owned partition, then publish every owned shard."""
         started = time.perf_counter()
         async with self._lock:
+            saved = True
             for p in list(self._partitions):
                 try:
                     await self._checkpoint(p)
                 except FencedError:
                     log.warning("%s: lost partition %d to another worker", self.worker_id, p)
                     del self._partitions[p]
-            for s in sorted(self._partitions):
+                except Exception:
+                    # The store is unreachable: keep consuming and retry next interval.
+                    # Nothing is published meanwhile, since a published value must never
+                    # be ahead of what a restart would recover.
+                    log.exception("%s: checkpoint of partition %d failed", self.worker_id, p)
+                    self.stats.counters["checkpoint_errors"] += 1
+                    saved = False
+            for s in sorted(self._partitions) if saved else ():
                 if s < self._n_partitions:
                     try:
                         await self._publish(s)
@@ -271,10 +279,17 @@ class Worker:
 
     async def _publish(self, s: int) -> None:
         merged = CumulativeShard()
-        for blob in await self.store.shard_blobs(s, self._n_partitions):
+        # This worker's own partitions were just checkpointed from memory: merge those
+        # shards directly and read only the other partitions' checkpoints from the store.
+        others = [p for p in range(self._n_partitions) if p not in self._partitions]
+        for blob in await self.store.shard_blobs(s, others):
             merged.merge(
                 CumulativeShard.decode(blob, self.names, self._max_size, self._key_attributes)
             )
+        for part in self._partitions.values():
+            own = part.shards.get(s)
+            if own is not None:
+                merged.merge(own)
         now = self.clock.now_ns()
         epoch = self._partitions[s].epoch
         if not self._output_delta:

@@ -17,6 +17,7 @@ offset land together or not at all, and never from a worker that lost the partit
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 from urllib.parse import urlparse
@@ -78,8 +79,8 @@ class StateStore(Protocol):
         """
         ...
 
-    async def shard_blobs(self, shard: int, partitions: int) -> list[bytes]:
-        """Shard ``shard`` of every partition's checkpoint (partitions without it skipped)."""
+    async def shard_blobs(self, shard: int, partitions: Iterable[int]) -> list[bytes]:
+        """Shard ``shard`` of these partitions' checkpoints (partitions without it skipped)."""
         ...
 
     async def load_published(self, shard: int) -> PublishRecord:
@@ -138,10 +139,10 @@ class MemoryStateStore:
         ckpt.offset = offset
         ckpt.shards.update(shards)
 
-    async def shard_blobs(self, shard: int, partitions: int) -> list[bytes]:
+    async def shard_blobs(self, shard: int, partitions: Iterable[int]) -> list[bytes]:
         """See :meth:`StateStore.shard_blobs`."""
         blobs = []
-        for p in range(partitions):
+        for p in partitions:
             ckpt = self._checkpoints.get(p)
             if ckpt is not None and shard in ckpt.shards:
                 blobs.append(ckpt.shards[shard])
@@ -208,10 +209,10 @@ class RedisStateStore:
         if not await self._hset(keys=keys, args=args):
             raise FencedError(f"partition {partition}: epoch {epoch} is stale")
 
-    async def shard_blobs(self, shard: int, partitions: int) -> list[bytes]:
+    async def shard_blobs(self, shard: int, partitions: Iterable[int]) -> list[bytes]:
         """See :meth:`StateStore.shard_blobs`."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            for p in range(partitions):
+            for p in partitions:
                 pipe.hget(self._key("ckpt", p), f"shard:{shard}")
             values: list[bytes | None] = await pipe.execute()
         return [v for v in values if v is not None]

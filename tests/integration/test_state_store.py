@@ -77,8 +77,9 @@ def test_shard_blobs_across_partitions(store: StateStore) -> None:
         for p in range(3):
             epoch = await store.claim(p)
             await store.save(p, epoch, 1, {1: f"p{p}".encode()} if p != 1 else {0: b"x"})
-        assert sorted(await store.shard_blobs(1, 3)) == [b"p0", b"p2"]
-        assert await store.shard_blobs(5, 3) == []
+        assert sorted(await store.shard_blobs(1, range(3))) == [b"p0", b"p2"]
+        assert await store.shard_blobs(1, [2]) == [b"p2"]
+        assert await store.shard_blobs(5, range(3)) == []
         await store.close()
 
     run(scenario())
