@@ -288,6 +288,8 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
+    from aiokafka.errors import KafkaError
+
     from spanmetrics.kafka.admin import TopicError
     from spanmetrics.loadgen import LoadgenConfig, LoadgenStats, produce
 
@@ -329,8 +331,8 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
                 progress_interval_s=args.progress_interval,
                 stop=stop,
             )
-        except TopicError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except (TopicError, KafkaError) as err:
+            print(f"error: {args.broker}: {err}", file=sys.stderr)
             return 1
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -17,9 +17,9 @@ split of it (``sum`` aside, whose float rounding depends on addition order).
 from __future__ import annotations
 
 import math
-from operator import add
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import add
 
 import numpy as np
 
