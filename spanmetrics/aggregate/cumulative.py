@@ -222,6 +222,10 @@ class CumulativeShard:
         """
         request = ExportMetricsServiceRequest.FromString(data)
         shard = cls()
+        sum_tables = {
+            names.calls: ("series", shard.series),
+            names.events: ("events", shard.events),
+        }
         for rm in request.resource_metrics:
             identity = resource_identity(rm.resource, key_attributes)
             if identity is None:
@@ -229,29 +233,27 @@ class CumulativeShard:
             shard.resources.setdefault(identity, rm.resource)
             for sm in rm.scope_metrics:
                 for metric in sm.metrics:
-                    if metric.name == names.calls:
+                    sums = sum_tables.get(metric.name)
+                    if sums is not None:
+                        kind, table = sums
                         for p in metric.sum.data_points:
-                            s = _entry(shard.series, identity, p.attributes, p.start_time_unix_nano)
-                            s.calls += p.as_int
+                            entry = _entry(table, identity, p.attributes, p.start_time_unix_nano)
+                            entry.calls += p.as_int
                             if sent_ns is not None:
-                                key = (identity, _labels(p.attributes))
-                                sent_ns[("series", key)] = p.time_unix_nano
-                    elif metric.name == names.events:
-                        for p in metric.sum.data_points:
-                            e = _entry(shard.events, identity, p.attributes, p.start_time_unix_nano)
-                            e.calls += p.as_int
-                            if sent_ns is not None:
-                                key = (identity, _labels(p.attributes))
-                                sent_ns[("events", key)] = p.time_unix_nano
+                                sent_ns[(kind, (identity, _labels(p.attributes)))] = (
+                                    p.time_unix_nano
+                                )
                     elif metric.name == names.duration:
                         exp_points = metric.exponential_histogram.data_points
                         for ep in exp_points:
-                            s = _entry(shard.series, identity, ep.attributes,
-                                       ep.start_time_unix_nano)  # fmt: skip
+                            s = _entry(
+                                shard.series, identity, ep.attributes, ep.start_time_unix_nano
+                            )
                             s.duration = _expo_from_point(ep, max_size)
                         for hp in metric.histogram.data_points:
-                            s = _entry(shard.series, identity, hp.attributes,
-                                       hp.start_time_unix_nano)  # fmt: skip
+                            s = _entry(
+                                shard.series, identity, hp.attributes, hp.start_time_unix_nano
+                            )
                             s.duration = _explicit_from_point(hp)
         return shard
 

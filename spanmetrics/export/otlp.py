@@ -95,29 +95,41 @@ def snapshot_to_request(snapshot: MetricsSnapshot) -> ExportMetricsServiceReques
         scope_metrics = resource_metrics.scope_metrics.add()
         scope_metrics.scope.CopyFrom(InstrumentationScope(name=SCOPE_NAME, version=__version__))
         if resource_points.series:
-            calls: Metric = scope_metrics.metrics.add(name=names.calls)
-            calls.sum.aggregation_temporality = temporality
-            calls.sum.is_monotonic = True
-            for series in resource_points.series:
-                point = calls.sum.data_points.add()
-                _set_attributes(point.attributes, series.attributes)
-                point.start_time_unix_nano = series.start_time_unix_nano
-                point.time_unix_nano = series.time_unix_nano
-                point.as_int = series.calls
+            _add_sum(
+                scope_metrics.metrics.add(name=names.calls),
+                temporality,
+                (
+                    (p.attributes, p.start_time_unix_nano, p.time_unix_nano, p.calls)
+                    for p in resource_points.series
+                ),
+            )
             if any(series.duration is not None for series in resource_points.series):
                 duration = scope_metrics.metrics.add(name=names.duration, unit=names.unit)
                 _add_durations(duration, resource_points.series, temporality)
         if resource_points.events:
-            events: Metric = scope_metrics.metrics.add(name=names.events)
-            events.sum.aggregation_temporality = temporality
-            events.sum.is_monotonic = True
-            for event in resource_points.events:
-                point = events.sum.data_points.add()
-                _set_attributes(point.attributes, event.attributes)
-                point.start_time_unix_nano = event.start_time_unix_nano
-                point.time_unix_nano = event.time_unix_nano
-                point.as_int = event.count
+            _add_sum(
+                scope_metrics.metrics.add(name=names.events),
+                temporality,
+                (
+                    (e.attributes, e.start_time_unix_nano, e.time_unix_nano, e.count)
+                    for e in resource_points.events
+                ),
+            )
     return request
+
+
+def _add_sum(
+    metric: Metric, temporality: int, points: Iterable[tuple[Attributes, int, int, int]]
+) -> None:
+    """A monotonic int sum (calls, events) with one point per series."""
+    metric.sum.aggregation_temporality = temporality  # type: ignore[assignment]
+    metric.sum.is_monotonic = True
+    for attributes, start, end, value in points:
+        point = metric.sum.data_points.add()
+        _set_attributes(point.attributes, attributes)
+        point.start_time_unix_nano = start
+        point.time_unix_nano = end
+        point.as_int = value
 
 
 def _add_durations(metric: Metric, series_points: Iterable[SeriesPoint], temporality: int) -> None:
