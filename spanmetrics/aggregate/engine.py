@@ -15,13 +15,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from spanmetrics.aggregate.attributes import any_value_to_number, any_value_to_str
 from spanmetrics.aggregate.dimensions import (
@@ -50,6 +52,12 @@ from spanmetrics.model.enums import Temporality
 #: Nanoseconds per unit of the duration metric.
 _NS_PER_UNIT = {"ms": 1e6, "s": 1e9}
 
+#: Growth factor of the series table and histogram columns when full. A row is about
+#: 1.4 kB at max_size 160 (histogram buckets), so unused capacity dominates memory per
+#: series: at 1.25 it is at most a fifth of the rows (a half when doubling), while the
+#: copies stay amortised O(1) a row and happen only when series are created.
+_TABLE_GROWTH = 1.25
+
 #: Spans buffered before one vectorised update. Numpy's fixed cost per call dominates on
 #: one 1000-span record, so several records are applied together; flush applies the rest.
 APPLY_BATCH_SPANS = 16_384
@@ -67,41 +75,37 @@ class _PendingBatch:
     """Spans read and keyed but not yet applied to the series table."""
 
     rows: list[int] = field(default_factory=list)
-    starts: list[int] = field(default_factory=list)
-    ends: list[int] = field(default_factory=list)
+    #: ``end - start`` of each span in ns (negative when a span ends before it starts), one
+    #: array per consume call.
+    durations: list[NDArray[np.float64]] = field(default_factory=list)
     #: None while every pending span weighs 1, the common case, so no list is kept.
     weights: list[int] | None = None
     #: (span count, consume time) per consume call, so each series' last-seen time is the
     #: time its spans arrived, not the time they were applied.
     arrivals: list[tuple[int, int]] = field(default_factory=list)
 
-    def arrived(self, now_ns: int) -> None:
-        """Mark the spans added since the previous call as received at ``now_ns``."""
-        counted = sum(n for n, _ in self.arrivals)
-        if len(self.rows) > counted:
-            self.arrivals.append((len(self.rows) - counted, now_ns))
+    def add(
+        self,
+        rows: list[int],
+        durations: NDArray[np.float64],
+        weights: list[int] | None,
+        now_ns: int,
+    ) -> None:
+        """Append the spans of one consume call, received at ``now_ns``; ``weights`` None
+        means all 1."""
+        if weights is not None and self.weights is None:
+            self.weights = [1] * len(self.rows)
+        self.rows += rows
+        self.durations.append(durations)
+        if self.weights is not None:
+            self.weights += weights if weights is not None else [1] * len(rows)
+        self.arrivals.append((len(rows), now_ns))
 
     def arrival_times(self) -> NDArray[np.int64]:
         """Consume time of each pending span."""
         counts = np.array([n for n, _ in self.arrivals], np.int64)
         times = np.array([t for _, t in self.arrivals], np.int64)
         return np.repeat(times, counts)
-
-    def add(
-        self,
-        rows: list[int],
-        starts: Sequence[int],
-        ends: Sequence[int],
-        weights: list[int] | None,
-    ) -> None:
-        """Append one scope's spans; ``weights`` None means all 1."""
-        if weights is not None and self.weights is None:
-            self.weights = [1] * len(self.rows)
-        self.rows += rows
-        self.starts += starts
-        self.ends += ends
-        if self.weights is not None:
-            self.weights += weights if weights is not None else [1] * len(rows)
 
 
 @dataclass(slots=True)
@@ -127,26 +131,21 @@ class _ResourceState:
     events: dict[SpanKey, _EventSeries] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class _RowOwner:
-    resource: _ResourceState
-    key: SpanKey
+#: Per ResourceSpans: the id of its resource's state (-1: no ``service.name``, dropped) and
+#: the resource's fallback value of each configured dimension.
+_ResourceEntry = tuple[int, tuple[str | None, ...]]
+#: A ResourceSpans whose spans are aggregated, with its resource id and fallback values.
+_KeptResource = tuple[int, ResourceSpans, tuple[str | None, ...]]
 
+#: What is read of each span: its series key as read (the resource id first), ``end -
+#: start`` in ns, and its trace_state.
+_SpanRead = tuple[SpanKey, int, str]
 
-@dataclass(slots=True)
-class _RequestColumns:
-    """The spans of one request that are kept, as columns aligned by span."""
-
-    resource_ids: Sequence[int]
-    scope_ids: Sequence[int]
-    names: Sequence[str]
-    kinds: Sequence[int]
-    codes: Sequence[int]
-    starts: Sequence[int]
-    ends: Sequence[int]
-    states: Sequence[str]
-    spans: Sequence[Span] | None
-    dimension_values: Sequence[tuple[str | None, ...]] | None
+#: Splitters of the _SpanRead tuples. ``map`` with an itemgetter transposes in C at about
+#: half the cost of ``zip(*rows)``, which makes one iterator per row.
+_KEY = itemgetter(0)
+_DURATION = itemgetter(1)
+_STATE = itemgetter(2)
 
 
 def _service_name(attributes: Iterable[KeyValue]) -> str | None:
@@ -159,6 +158,8 @@ def _service_name(attributes: Iterable[KeyValue]) -> str | None:
 
 #: Resources remembered by their serialized bytes before the cache is cleared.
 _RESOURCE_CACHE_LIMIT = 10_000
+#: Scope names remembered (see ``SpanMetricsEngine._may_hold_dimensions``) before clearing.
+_SCOPE_MEMORY_LIMIT = 10_000
 
 
 class SpanMetricsEngine:
@@ -172,16 +173,18 @@ class SpanMetricsEngine:
         self.temporality = Temporality.DELTA if config.is_delta else Temporality.CUMULATIVE
         self.counters: Counter[str] = Counter()
         self._ns_per_unit = _NS_PER_UNIT[config.histogram.unit]
-        self.table = SeriesTable(self._histogram_columns(config))
+        self.table = SeriesTable(self._histogram_columns(config), growth=_TABLE_GROWTH)
         #: series key -> row; keys start with the resource id, so one dict serves all.
         self._index: dict[SpanKey, int] = {}
-        self._owners: list[_RowOwner | None] = []
+        #: Key of each row (None: free row). The row's resource is ``_by_rid[key[0]]``: a
+        #: list of keys costs less memory per series than one owner object per row.
+        self._row_keys: list[SpanKey | None] = []
         self._resources: dict[tuple[object, ...], _ResourceState] = {}
         self._by_rid: dict[int, _ResourceState] = {}
         self._next_rid = 0
-        #: serialized Resource -> resource id (-1: no service.name), to skip re-reading the
-        #: attributes of a resource seen before.
-        self._resource_cache: dict[bytes, int] = {}
+        #: serialized Resource -> (resource id or -1 when it has no service.name, fallback
+        #: dimension values), to skip re-reading the attributes of a resource seen before.
+        self._resource_cache: dict[bytes, _ResourceEntry] = {}
         self._scopes: dict[ScopeDimensions, int] = {ScopeDimensions(): 0}
         self._scope_list: list[ScopeDimensions] = [ScopeDimensions()]
         self._key_attributes = frozenset(config.resource_metrics_key_attributes)
@@ -190,13 +193,12 @@ class SpanMetricsEngine:
         self._exemplars: dict[int, list[Exemplar]] = {}
         self._adjusted_cache: dict[str, float] = {"": 1.0}
         self._pending = _PendingBatch()
+        #: Scope name -> whether its spans carried dimension attributes when last scanned.
+        self._scopes_with_dimensions: dict[str, bool] = {}
         # Per-span work beyond the intrinsic columns, decided once.
         self._per_scope = bool(self.plan.scopes) or self.plan.reads_span_attributes
-        self._needs_spans = (
-            bool(self._exemplar_max)
-            or config.events.enabled
-            or bool(config.span_multiplier_key)
-            or self._per_scope
+        self._keep_spans = (
+            bool(self._exemplar_max) or config.events.enabled or bool(config.span_multiplier_key)
         )
 
     def _histogram_columns(self, config: SpanMetricsConfig) -> HistogramColumns | None:
@@ -206,8 +208,8 @@ class SpanMetricsEngine:
         if hist.explicit is not None:
             ms_per_unit = self._ns_per_unit / 1e6
             bounds = tuple(b / ms_per_unit for b in hist.explicit.buckets)
-            return ExplicitHistogramColumns(bounds)
-        return ExpoHistogramColumns(hist.max_size)
+            return ExplicitHistogramColumns(bounds, growth=_TABLE_GROWTH)
+        return ExpoHistogramColumns(hist.max_size, growth=_TABLE_GROWTH)
 
     # ------------------------------------------------------------------ consume
 
@@ -232,140 +234,161 @@ class SpanMetricsEngine:
         """
         now = self.clock.now_ns()
         resource_spans = request.resource_spans
-        rids = [self._resource_id(rs.resource, now) for rs in resource_spans]
-        if -1 in rids:
+        resources = self._resource_entries(resource_spans, now)
+        kept: list[_KeptResource] = [
+            (rid, rs, fallback)
+            for (rid, fallback), rs in zip(resources, resource_spans, strict=True)
+            if rid >= 0
+        ]
+        if len(kept) < len(resources):
             dropped = sum(
                 len(ss.spans)
-                for rid, rs in zip(rids, resource_spans, strict=True)
+                for (rid, _), rs in zip(resources, resource_spans, strict=True)
                 if rid < 0
                 for ss in rs.scope_spans
             )
             self.counters[DROPPED_MISSING_SERVICE_NAME] += dropped
             self.counters[SPANS_RECEIVED] += dropped
-        columns = self._read_columns(resource_spans, rids)
-        if columns is None:
+        read = self._read_per_scope(kept) if self._per_scope else self._read_request(kept)
+        if not read:
             return
-        self.counters[SPANS_RECEIVED] += len(columns.names)
-        keys = self.plan.keys(
-            columns.resource_ids,
-            columns.scope_ids,
-            columns.names,
-            columns.kinds,
-            columns.codes,
-            columns.dimension_values,
-        )
+        self.counters[SPANS_RECEIVED] += len(read)
+        keys = self.plan.exclude(list(map(_KEY, read)))
+        # fromiter with a known count fills one preallocated array, cheaper than np.array
+        # on a list, which first scans it for shape and type. Durations are exact ints;
+        # float64 takes any of them (no int64 overflow) and rounds as the uint64 -> float64
+        # cast of ``end - start`` would.
+        durations = np.fromiter(map(_DURATION, read), np.float64, len(read))
         rows = self._rows_for(keys, now)
+        # Spans are read again only when something needs more than the key and duration.
+        spans = self._spans(kept) if self._keep_spans else None
         weights: list[int] | None = None
-        if any(columns.states) or self.config.span_multiplier_key:
-            weights = self._weights(columns, resource_spans, rids)
+        if self.config.span_multiplier_key or any(map(_STATE, read)):
+            states: list[str] = list(map(_STATE, read))
+            weights = self._weights(states, keys, spans, resource_spans, resources)
         pending = self._pending
-        pending.add(rows, columns.starts, columns.ends, weights)
-        if columns.spans is not None:
+        pending.add(rows, durations, weights, now)
+        if spans is not None:
             if self._exemplar_max:
-                self._collect_exemplars(columns.spans, rows, columns.starts, columns.ends)
+                self._collect_exemplars(spans, rows, durations)
             if self.config.events.enabled:
-                self._count_events(columns.spans, keys, weights, now)
-        pending.arrived(now)
+                self._count_events(spans, keys, weights, now)
         if len(pending.rows) >= APPLY_BATCH_SPANS:
             self._apply_pending()
 
     def _apply_pending(self) -> None:
         pending = self._pending
-        if not pending.rows:
+        n = len(pending.rows)
+        if not n:
             return
         self._pending = _PendingBatch()
-        row_ids = np.array(pending.rows, np.int64)
-        start = np.array(pending.starts, np.uint64)
-        end = np.array(pending.ends, np.uint64)
-        negative = end < start
+        row_ids = np.fromiter(pending.rows, np.int64, n)
+        durations = np.concatenate(pending.durations)
+        negative = durations < 0.0
         n_negative = int(np.count_nonzero(negative))
         if n_negative:
             # A span that ends before it starts counts as 0, as in the connector.
             self.counters[NEGATIVE_DURATION] += n_negative
-            end = np.where(negative, start, end)
-        values = (end - start).astype(np.float64) / self._ns_per_unit
+            durations[negative] = 0.0
+        values = durations / self._ns_per_unit
         weights = pending.weights
-        w = np.ones(len(row_ids), np.int64) if weights is None else np.array(weights, np.int64)
+        w = np.ones(n, np.int64) if weights is None else np.fromiter(weights, np.int64, n)
         self.table.record(row_ids, values, w, pending.arrival_times())
 
-    def _read_columns(
-        self, resource_spans: Sequence[ResourceSpans], rids: list[int]
-    ) -> _RequestColumns | None:
-        """Every field the aggregation needs, read in as few passes over the spans as the
-        configuration allows: one comprehension for the whole request in the common case."""
-        kept = [(rid, rs) for rid, rs in zip(rids, resource_spans, strict=True) if rid >= 0]
-        if not self._per_scope:
-            rows = [
-                (
-                    rid,
-                    s.name,
-                    s.kind,
-                    s.status.code,
-                    s.start_time_unix_nano,
-                    s.end_time_unix_nano,
-                    s.trace_state,
-                )
-                for rid, rs in kept
-                for ss in rs.scope_spans
-                for s in ss.spans
-            ]
-            if not rows:
-                return None
-            resource_ids, names, kinds, codes, starts, ends, states = zip(*rows, strict=True)
-            flat: list[Span] | None = (
-                [s for _, rs in kept for ss in rs.scope_spans for s in ss.spans]
-                if self._needs_spans
-                else None
+    @staticmethod
+    def _read_request(kept: list[_KeptResource]) -> list[_SpanRead]:
+        """Every span of the request in one comprehension: the common configuration (no
+        scope labels, no span-attribute dimensions)."""
+        # The key is built right here: zipping name/kind/code columns into keys afterwards
+        # would cost a second pass and a second tuple per span.
+        return [
+            (
+                (rid, 0, s.name, s.kind, s.status.code),
+                s.end_time_unix_nano - s.start_time_unix_nano,
+                s.trace_state,
             )
-            scope_ids: Sequence[int] = [0] * len(names)
-            return _RequestColumns(
-                resource_ids, scope_ids, names, kinds, codes, starts, ends, states, flat, None
-            )
-        # Scope labels or span-attribute dimensions: per resource and scope.
+            for rid, rs, _ in kept
+            for ss in rs.scope_spans
+            for s in ss.spans
+        ]
+
+    @staticmethod
+    def _spans(kept: list[_KeptResource]) -> list[Span]:
+        """The spans read by :meth:`_read_request` or :meth:`_read_per_scope`, in order."""
+        return [s for _, rs, _ in kept for ss in rs.scope_spans for s in ss.spans]
+
+    def _read_per_scope(self, kept: list[_KeptResource]) -> list[_SpanRead]:
+        """Every span of the request when keys need scope labels or span-attribute
+        dimensions: one comprehension per resource and scope."""
         plan = self.plan
-        rows_ext: list[tuple[int, int, str, int, int, int, int, str]] = []
-        all_spans: list[Span] = []
-        values: list[tuple[str | None, ...]] = []
-        for rid, rs in kept:
-            fallback = plan.resource_values(rs.resource.attributes)
+        read: list[_SpanRead] = []
+        for rid, rs, fallback in kept:
             for ss in rs.scope_spans:
                 spans = ss.spans
                 if not spans:
                     continue
-                sid = self._scope_id(plan.scope_dimensions(ss.scope.name, ss.scope.version))
-                rows_ext += [
-                    (
-                        rid,
-                        sid,
-                        s.name,
-                        s.kind,
-                        s.status.code,
-                        s.start_time_unix_nano,
-                        s.end_time_unix_nano,
-                        s.trace_state,
-                    )
-                    for s in spans
-                ]
-                all_spans += spans
-                if plan.reads_span_attributes:
-                    values += [plan.span_values(s, fallback) for s in spans]
-        if not rows_ext:
-            return None
-        resource_ids, scope_ids, names, kinds, codes, starts, ends, states = zip(
-            *rows_ext, strict=True
-        )
-        return _RequestColumns(
-            resource_ids,
-            scope_ids,
-            names,
-            kinds,
-            codes,
-            starts,
-            ends,
-            states,
-            all_spans,
-            values if plan.reads_span_attributes else None,
-        )
+                scope = ss.scope
+                sid = (
+                    self._scope_id(plan.scope_dimensions(scope.name, scope.version))
+                    if plan.scopes
+                    else 0
+                )
+                if plan.reads_span_attributes and self._may_hold_dimensions(ss, scope.name):
+                    read += self._read_scope_dimensions(spans, rid, sid, fallback, scope.name)
+                else:
+                    # Resource (or default) values for every span of the scope.
+                    read += [
+                        (
+                            (rid, sid, s.name, s.kind, s.status.code, *fallback),
+                            s.end_time_unix_nano - s.start_time_unix_nano,
+                            s.trace_state,
+                        )
+                        for s in spans
+                    ]
+        return read
+
+    def _may_hold_dimensions(self, ss: ScopeSpans, scope_name: str) -> bool:
+        """Whether spans of ``ss`` may carry dimension attributes, so must be scanned.
+
+        The byte check of :meth:`DimensionPlan.may_hold_dimensions` costs a serialization
+        of the scope, wasted on scopes whose spans do carry them (HTTP server spans for
+        HTTP dimensions), so a scope name whose last scan found some is scanned at once.
+        """
+        if self._scopes_with_dimensions.get(scope_name, False):
+            return True
+        if self.plan.may_hold_dimensions(ss):
+            return True
+        self._remember_scope(scope_name, False)
+        return False
+
+    def _remember_scope(self, scope_name: str, found: bool) -> None:
+        seen = self._scopes_with_dimensions
+        if len(seen) >= _SCOPE_MEMORY_LIMIT and scope_name not in seen:
+            seen.clear()
+        seen[scope_name] = found
+
+    def _read_scope_dimensions(
+        self,
+        spans: Iterable[Span],
+        rid: int,
+        sid: int,
+        fallback: tuple[str | None, ...],
+        scope_name: str,
+    ) -> list[_SpanRead]:
+        """The spans of one scope, each scanned for its dimension attributes."""
+        spans = list(spans)  # one wrapper per span for both passes below
+        span_values = self.plan.span_values
+        values = [span_values(s, fallback) for s in spans]
+        # span_values returns ``fallback`` itself when a span has none of the attributes.
+        self._remember_scope(scope_name, any(v is not fallback for v in values))
+        return [
+            (
+                (rid, sid, s.name, s.kind, s.status.code, *v),
+                s.end_time_unix_nano - s.start_time_unix_nano,
+                s.trace_state,
+            )
+            for s, v in zip(spans, values, strict=True)
+        ]
 
     def _scope_id(self, scope: ScopeDimensions) -> int:
         sid = self._scopes.get(scope)
@@ -374,18 +397,32 @@ class SpanMetricsEngine:
             self._scope_list.append(scope)
         return sid
 
-    def _resource_id(self, resource: Resource, now: int) -> int:
-        """The id of a resource's state, or -1 when it has no ``service.name``."""
-        raw = resource.SerializeToString()
-        rid = self._resource_cache.get(raw)
-        if rid is None:
-            rid = self._resolve_resource(resource, now)
-            if len(self._resource_cache) >= _RESOURCE_CACHE_LIMIT:
-                self._resource_cache.clear()
-            self._resource_cache[raw] = rid
-        if rid >= 0:
-            self._by_rid[rid].last_seen_ns = now
-        return rid
+    def _resource_entries(
+        self, resource_spans: Sequence[ResourceSpans], now: int
+    ) -> list[_ResourceEntry]:
+        """Per ResourceSpans: the id of its resource's state (-1 when it has no
+        ``service.name``) and its fallback dimension values."""
+        raws = [rs.resource.SerializeToString() for rs in resource_spans]
+        cache = self._resource_cache
+        entries = list(map(cache.get, raws))
+        if None in entries:
+            for i, entry in enumerate(entries):
+                if entry is None:
+                    entries[i] = self._cache_resource(raws[i], resource_spans[i].resource, now)
+        known = cast(list[_ResourceEntry], entries)
+        by_rid = self._by_rid
+        for rid, _ in set(known):
+            if rid >= 0:
+                by_rid[rid].last_seen_ns = now
+        return known
+
+    def _cache_resource(self, raw: bytes, resource: Resource, now: int) -> _ResourceEntry:
+        rid = self._resolve_resource(resource, now)
+        entry = (rid, self.plan.resource_values(resource.attributes) if rid >= 0 else ())
+        if len(self._resource_cache) >= _RESOURCE_CACHE_LIMIT:
+            self._resource_cache.clear()
+        self._resource_cache[raw] = entry
+        return entry
 
     def _resolve_resource(self, resource: Resource, now: int) -> int:
         service_name = _service_name(resource.attributes)
@@ -411,13 +448,19 @@ class SpanMetricsEngine:
         return state.rid
 
     def _rows_for(self, keys: list[SpanKey], now: int) -> list[int]:
-        get = self._index.get
-        rows = [get(k, -1) for k in keys]
-        if -1 in rows:
-            for i, row in enumerate(rows):
-                if row < 0:
-                    rows[i] = self._new_row(keys[i], now)
-        return rows
+        # One C-level pass of dict lookups, no Python call per span. A new key stops it with
+        # KeyError: list.extend keeps the rows found so far, so the new key is the one at
+        # len(rows), and the same map resumes after it. dict.get would return None for new
+        # keys, and searching the rows for None costs more than the rare exception.
+        rows: list[int] = []
+        lookup = map(self._index.__getitem__, keys)
+        while True:
+            try:
+                rows.extend(lookup)
+            except KeyError:
+                rows.append(self._new_row(keys[len(rows)], now))
+            else:
+                return rows
 
     def _new_row(self, key: SpanKey, now: int) -> int:
         row = self._index.get(key, -1)
@@ -427,20 +470,19 @@ class SpanMetricsEngine:
         if self._limit and state.series_count >= self._limit:
             self.counters[CARDINALITY_OVERFLOW] += 1
             if state.overflow_row < 0:
-                state.overflow_row = self._allocate(state, (state.rid, OVERFLOW_SCOPE), now)
+                state.overflow_row = self._allocate((state.rid, OVERFLOW_SCOPE), now)
             return state.overflow_row
-        row = self._allocate(state, key, now)
+        row = self._allocate(key, now)
         self._index[key] = row
         state.series_count += 1
         return row
 
-    def _allocate(self, state: _ResourceState, key: SpanKey, now: int) -> int:
+    def _allocate(self, key: SpanKey, now: int) -> int:
         row = self.table.allocate(now)
-        owner = _RowOwner(state, key)
-        if row == len(self._owners):
-            self._owners.append(owner)
+        if row == len(self._row_keys):
+            self._row_keys.append(key)
         else:
-            self._owners[row] = owner
+            self._row_keys[row] = key
         return row
 
     def _resource_multiplier(self, attributes: Iterable[KeyValue]) -> float | None:
@@ -454,25 +496,26 @@ class SpanMetricsEngine:
 
     def _weights(
         self,
-        columns: _RequestColumns,
+        states: list[str],
+        keys: list[SpanKey],
+        spans: Sequence[Span] | None,
         resource_spans: Sequence[ResourceSpans],
-        rids: list[int],
+        resources: list[_ResourceEntry],
     ) -> list[int]:
         """Adjusted count of each span: tracestate threshold times any multiplier."""
         cache = self._adjusted_cache
         key = self.config.span_multiplier_key
-        spans = columns.spans
         multipliers = {
             rid: self._resource_multiplier(rs.resource.attributes)
-            for rid, rs in zip(rids, resource_spans, strict=True)
+            for (rid, _), rs in zip(resources, resource_spans, strict=True)
             if rid >= 0
         }
         weights: list[int] = []
-        for i, tracestate in enumerate(columns.states):
+        for i, tracestate in enumerate(states):
             count = cache.get(tracestate)
             if count is None:
                 count = cache[tracestate] = adjusted_count(tracestate)
-            multiplier = multipliers.get(columns.resource_ids[i])
+            multiplier = multipliers.get(keys[i][0])  # type: ignore[call-overload]
             if key and spans is not None:
                 for kv in spans[i].attributes:
                     if kv.key == key:
@@ -495,11 +538,7 @@ class SpanMetricsEngine:
         return weights
 
     def _collect_exemplars(
-        self,
-        spans: Sequence[Span],
-        rows: list[int],
-        starts: Sequence[int],
-        ends: Sequence[int],
+        self, spans: Sequence[Span], rows: list[int], durations: NDArray[np.float64]
     ) -> None:
         limit = self._exemplar_max
         store = self._exemplars
@@ -512,8 +551,8 @@ class SpanMetricsEngine:
             span = spans[i]
             if not span.trace_id:
                 continue
-            duration = max(ends[i] - starts[i], 0) / self._ns_per_unit
-            kept.append(Exemplar(span.trace_id, span.span_id, duration, ends[i]))
+            duration = max(float(durations[i]), 0.0) / self._ns_per_unit
+            kept.append(Exemplar(span.trace_id, span.span_id, duration, span.end_time_unix_nano))
 
     def _count_events(
         self,
@@ -548,15 +587,14 @@ class SpanMetricsEngine:
         emit = np.flatnonzero(table.touched if delta else table.live)
         by_resource: dict[int, ResourcePoints] = {}
         for row in emit.tolist():
-            owner = self._owners[row]
-            assert owner is not None
-            points = self._resource_points(by_resource, owner.resource)
+            key = self._row_keys[row]
+            assert key is not None
+            resource = self._by_rid[key[0]]  # type: ignore[index]
+            points = self._resource_points(by_resource, resource)
             start = int(table.start_ns[row] if delta else table.created_ns[row])
             points.series.append(
                 SeriesPoint(
-                    attributes=self.plan.labels(
-                        owner.resource.service_name, owner.key, self._scope_of(owner.key)
-                    ),
+                    attributes=self.plan.labels(resource.service_name, key, self._scope_of(key)),
                     start_time_unix_nano=start,
                     time_unix_nano=now,
                     calls=int(table.calls[row]),
@@ -625,19 +663,22 @@ class SpanMetricsEngine:
         )
         expired = set(np.flatnonzero(stale).tolist())
         if expired_rids:
-            for row, owner in enumerate(self._owners):
-                if owner is not None and owner.resource.rid in expired_rids:
+            for row, key in enumerate(self._row_keys):
+                if key is not None and key[0] in expired_rids:
                     expired.add(row)
         for row in expired:
-            owner = self._owners[row]
-            assert owner is not None
-            state = owner.resource
-            if owner.key[1] == OVERFLOW_SCOPE:
-                state.overflow_row = -1
+            key = self._row_keys[row]
+            assert key is not None
+            # None when the whole resource expired: its state is gone, nothing to update.
+            state = self._by_rid.get(key[0])  # type: ignore[call-overload]
+            if key[1] == OVERFLOW_SCOPE:
+                if state is not None:
+                    state.overflow_row = -1
             else:
-                del self._index[owner.key]
-                state.series_count -= 1
-            self._owners[row] = None
+                del self._index[key]
+                if state is not None:
+                    state.series_count -= 1
+            self._row_keys[row] = None
         if series_ttl:
             for state in self._resources.values():
                 for event_key, event in list(state.events.items()):

@@ -130,11 +130,18 @@ class ExplicitHistogramColumns:
     """A growable table of explicit-bucket histograms, one row per series."""
 
     def __init__(
-        self, bounds: Sequence[float] = DEFAULT_EXPLICIT_BOUNDS_MS, capacity: int = 64
+        self,
+        bounds: Sequence[float] = DEFAULT_EXPLICIT_BOUNDS_MS,
+        capacity: int = 64,
+        growth: float = 2.0,
     ) -> None:
-        """Allocate ``capacity`` rows for ``bounds`` (no row in use yet)."""
+        """Allocate ``capacity`` rows for ``bounds`` (no row in use yet); full arrays grow
+        by the factor ``growth`` (> 1)."""
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if not growth > 1.0:
+            raise ValueError(f"growth must be > 1, got {growth}")
+        self._growth = growth
         self._bounds = _checked_bounds(bounds)
         self._bounds_array: NDArray[np.float64] = np.array(self._bounds, dtype=np.float64)
         self._width = len(self._bounds) + 1
@@ -177,7 +184,8 @@ class ExplicitHistogramColumns:
         self._capacity = capacity
 
     def add_rows(self, n: int) -> int:
-        """Append ``n`` empty rows and return the id of the first one (capacity doubles)."""
+        """Append ``n`` empty rows and return the id of the first one (capacity grows by
+        the growth factor)."""
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
         first = self._rows
@@ -185,7 +193,7 @@ class ExplicitHistogramColumns:
         if needed > self._capacity:
             capacity = self._capacity
             while capacity < needed:
-                capacity *= 2
+                capacity = max(capacity + 1, int(capacity * self._growth))
             self._grow(capacity)
         self._rows = needed
         return first

@@ -47,9 +47,16 @@ class HistogramColumns(Protocol):
 class SeriesTable:
     """Counters, timestamps and histograms of every live series, one row each."""
 
-    def __init__(self, histograms: HistogramColumns | None, capacity: int = 64) -> None:
+    def __init__(
+        self, histograms: HistogramColumns | None, capacity: int = 64, growth: float = 2.0
+    ) -> None:
+        """An empty table of ``capacity`` rows; full columns grow by the factor ``growth``
+        (> 1). ``histograms`` grows on its own, one row at a time (see :meth:`allocate`)."""
+        if not growth > 1.0:
+            raise ValueError(f"growth must be > 1, got {growth}")
         self.histograms = histograms
         self._capacity = capacity
+        self._growth = growth
         self._rows = 0
         self.calls: NDArray[np.int64] = np.zeros(capacity, np.int64)
         self.created_ns: NDArray[np.int64] = np.zeros(capacity, np.int64)
@@ -84,7 +91,7 @@ class SeriesTable:
         return row
 
     def _grow(self) -> None:
-        self._capacity *= 2
+        self._capacity = max(self._capacity + 1, int(self._capacity * self._growth))
         for name in ("calls", "created_ns", "start_ns", "last_seen_ns", "touched", "live"):
             old = getattr(self, name)
             new = np.zeros(self._capacity, old.dtype)
