@@ -25,7 +25,7 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from spanmetrics.aggregate.attributes import any_value_to_number, any_value_to_str
+from spanmetrics.aggregate.attributes import any_value_to_number
 from spanmetrics.aggregate.dimensions import (
     OVERFLOW_SCOPE,
     DimensionPlan,
@@ -42,6 +42,7 @@ from spanmetrics.aggregate.points import (
     ResourcePoints,
     SeriesPoint,
 )
+from spanmetrics.aggregate.resources import resource_identity
 from spanmetrics.aggregate.sampling import adjusted_count, parse_multiplier, stochastic_round
 from spanmetrics.aggregate.series import HistogramColumns, SeriesTable
 from spanmetrics.config.model import Encoding, SpanMetricsConfig
@@ -146,14 +147,6 @@ _SpanRead = tuple[SpanKey, int, str]
 _KEY = itemgetter(0)
 _DURATION = itemgetter(1)
 _STATE = itemgetter(2)
-
-
-def _service_name(attributes: Iterable[KeyValue]) -> str | None:
-    for kv in attributes:
-        if kv.key == "service.name":
-            value = any_value_to_str(kv.value)
-            return value or None
-    return None
 
 
 #: Resources remembered by their serialized bytes before the cache is cleared.
@@ -425,18 +418,10 @@ class SpanMetricsEngine:
         return entry
 
     def _resolve_resource(self, resource: Resource, now: int) -> int:
-        service_name = _service_name(resource.attributes)
-        if service_name is None:
+        identity = resource_identity(resource, self._key_attributes)
+        if identity is None:
             return -1
-        if self._key_attributes:
-            pairs = [
-                (kv.key, any_value_to_str(kv.value))
-                for kv in resource.attributes
-                if kv.key in self._key_attributes
-            ]
-        else:
-            pairs = [(kv.key, any_value_to_str(kv.value)) for kv in resource.attributes]
-        identity = (service_name, *sorted(pairs))
+        service_name = str(identity[0])
         state = self._resources.get(identity)
         if state is None:
             copy = Resource()
