@@ -16,6 +16,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
+from spanmetrics.aggregate.rows import GrowableRows
 from spanmetrics.config.defaults import DEFAULT_EXPLICIT_BUCKETS_MS
 
 #: The connector's default bounds, in milliseconds (2ms ... 15s).
@@ -126,7 +127,7 @@ class ExplicitHistogram:
         )
 
 
-class ExplicitHistogramColumns:
+class ExplicitHistogramColumns(GrowableRows):
     """A growable table of explicit-bucket histograms, one row per series."""
 
     def __init__(
@@ -137,37 +138,20 @@ class ExplicitHistogramColumns:
     ) -> None:
         """Allocate ``capacity`` rows for ``bounds`` (no row in use yet); full arrays grow
         by the factor ``growth`` (> 1)."""
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        if not growth > 1.0:
-            raise ValueError(f"growth must be > 1, got {growth}")
-        self._growth = growth
         self._bounds = _checked_bounds(bounds)
         self._bounds_array: NDArray[np.float64] = np.array(self._bounds, dtype=np.float64)
         self._width = len(self._bounds) + 1
-        self._rows = 0
-        self._capacity = 0
         self._counts: NDArray[np.int64] = np.zeros((0, self._width), dtype=np.int64)
         self._count: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self._sum: NDArray[np.float64] = np.zeros(0, dtype=np.float64)
         self._min: NDArray[np.float64] = np.zeros(0, dtype=np.float64)
         self._max: NDArray[np.float64] = np.zeros(0, dtype=np.float64)
-        self._grow(capacity)
+        super().__init__(capacity, growth)
 
     @property
     def bounds(self) -> tuple[float, ...]:
         """Bucket upper bounds."""
         return self._bounds
-
-    @property
-    def rows(self) -> int:
-        """Number of rows in use."""
-        return self._rows
-
-    @property
-    def capacity(self) -> int:
-        """Number of rows allocated."""
-        return self._capacity
 
     def _grow(self, capacity: int) -> None:
         n = self._rows
@@ -182,25 +166,6 @@ class ExplicitHistogramColumns:
             grown[:n] = getattr(self, name)[:n]
             setattr(self, name, grown)
         self._capacity = capacity
-
-    def add_rows(self, n: int) -> int:
-        """Append ``n`` empty rows and return the id of the first one (capacity grows by
-        the growth factor)."""
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        first = self._rows
-        needed = first + n
-        if needed > self._capacity:
-            capacity = self._capacity
-            while capacity < needed:
-                capacity = max(capacity + 1, int(capacity * self._growth))
-            self._grow(capacity)
-        self._rows = needed
-        return first
-
-    def _check_rows(self, rows: NDArray[np.int64]) -> None:
-        if rows.size and (int(rows.min()) < 0 or int(rows.max()) >= self._rows):
-            raise IndexError(f"row ids must be in [0, {self._rows})")
 
     def record_batch(
         self,

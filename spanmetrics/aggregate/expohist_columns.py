@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from spanmetrics.aggregate.expo_mapping import MAX_SCALE, MIN_SCALE, map_to_index_array
 from spanmetrics.aggregate.expohist import DEFAULT_MAX_SIZE, ExpoHistogram, merge
+from spanmetrics.aggregate.rows import GrowableRows
 
 # Sentinels of an empty row: they make np.minimum / np.maximum with real indexes a no-op.
 _EMPTY_LO = np.iinfo(np.int64).max
@@ -63,7 +64,7 @@ def _group_rows(rows: NDArray[np.int64], n_rows: int) -> tuple[NDArray[np.int64]
     return touched, position[rows]
 
 
-class ExpoHistogramColumns:
+class ExpoHistogramColumns(GrowableRows):
     """A growable table of exponential histograms, one row per series."""
 
     def __init__(
@@ -73,14 +74,7 @@ class ExpoHistogramColumns:
         arrays grow by the factor ``growth`` (> 1)."""
         if max_size < 2:
             raise ValueError(f"max_size must be >= 2, got {max_size}")
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        if not growth > 1.0:
-            raise ValueError(f"growth must be > 1, got {growth}")
         self._max_size = max_size
-        self._growth = growth
-        self._rows = 0
-        self._capacity = 0
         self._buckets: NDArray[np.int64] = np.zeros((0, max_size), dtype=np.int64)
         # int8 holds [-10, 20]; 1 byte a row.
         self._scale: NDArray[np.int8] = np.zeros(0, dtype=np.int8)
@@ -92,17 +86,7 @@ class ExpoHistogramColumns:
         self._sum: NDArray[np.float64] = np.zeros(0, dtype=np.float64)
         self._min: NDArray[np.float64] = np.zeros(0, dtype=np.float64)
         self._max: NDArray[np.float64] = np.zeros(0, dtype=np.float64)
-        self._grow(capacity)
-
-    @property
-    def rows(self) -> int:
-        """Number of rows in use."""
-        return self._rows
-
-    @property
-    def capacity(self) -> int:
-        """Number of rows allocated."""
-        return self._capacity
+        super().__init__(capacity, growth)
 
     @property
     def max_size(self) -> int:
@@ -138,28 +122,6 @@ class ExpoHistogramColumns:
         self._min = grown_float(self._min, math.inf)
         self._max = grown_float(self._max, -math.inf)
         self._capacity = capacity
-
-    def add_rows(self, n: int) -> int:
-        """Append ``n`` empty rows and return the id of the first one.
-
-        The arrays grow by the growth factor as needed, so appending is amortised O(1) a
-        row.
-        """
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        first = self._rows
-        needed = first + n
-        if needed > self._capacity:
-            capacity = self._capacity
-            while capacity < needed:
-                capacity = max(capacity + 1, int(capacity * self._growth))
-            self._grow(capacity)
-        self._rows = needed
-        return first
-
-    def _check_rows(self, rows: NDArray[np.int64]) -> None:
-        if rows.size and (int(rows.min()) < 0 or int(rows.max()) >= self._rows):
-            raise IndexError(f"row ids must be in [0, {self._rows})")
 
     def record_batch(
         self,
