@@ -214,7 +214,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one fleet worker until SIGTERM/SIGINT."""
-    import asyncio
     import logging
 
     from spanmetrics.fleet.run import apply_overrides, run_worker
@@ -226,7 +225,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     topology = apply_overrides(
         _load(args.topology), args.broker, args.state, args.group, args.flush_interval
     )
-    asyncio.run(run_worker(topology, args.worker_id))
+    run_worker(topology, args.worker_id)
     return 0
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import signal
 import socket
 
 from spanmetrics.config.load import parse_topology
@@ -44,15 +42,14 @@ def apply_overrides(
     return parse_topology(document, "command line and environment")
 
 
-async def run_worker(topology: Topology, worker_id: str | None = None) -> None:
-    """Run one worker until SIGTERM or SIGINT, then flush, checkpoint and leave the group."""
+def run_worker(topology: Topology, worker_id: str | None = None) -> None:
+    """Run one worker under faust until SIGTERM or SIGINT; it then flushes, checkpoints
+    and leaves the group."""
+    from spanmetrics.fleet.app import run_app
+
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
     store = open_store(topology.state, topology.source.group)
     worker = Worker(topology, store, SystemClock(), worker_id=worker_id)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     logging.getLogger("spanmetrics.worker").info(
         "%s: starting on %s topic %s group %s state %s",
         worker_id,
@@ -61,7 +58,4 @@ async def run_worker(topology: Topology, worker_id: str | None = None) -> None:
         topology.source.group,
         topology.state.split("@")[-1],
     )
-    try:
-        await worker.run(stop)
-    finally:
-        await store.close()
+    run_app(worker)

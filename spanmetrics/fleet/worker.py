@@ -5,6 +5,10 @@ runs a delta engine; every flush interval it folds the engine's delta into P's c
 shards and checkpoints them with P's next offset (atomic, fenced). Then, for every shard it
 owns (shard s belongs to the owner of partition s), it merges shard s of every partition's
 checkpoint and publishes the result.
+
+The worker does not talk to the consumer group itself: a runtime (faust, in
+``fleet/app.py``) delivers records to :meth:`Worker.consume`, rebalances to
+:meth:`Worker.assign` / :meth:`Worker.revoke`, and calls :meth:`Worker.flush` on a timer.
 """
 
 from __future__ import annotations
@@ -13,10 +17,9 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from aiokafka import ConsumerRebalanceListener
+from typing import Any, Protocol
 
 from spanmetrics.aggregate.cumulative import CumulativeShard, shard_of
 from spanmetrics.aggregate.engine import SpanMetricsEngine
@@ -31,6 +34,26 @@ from spanmetrics.model.clock import Clock
 from spanmetrics.state.store import FencedError, StateStore
 
 log = logging.getLogger("spanmetrics.worker")
+
+#: Kafka record headers: (name, value) pairs.
+Headers = Sequence[tuple[str, bytes]]
+
+
+class Positions(Protocol):
+    """What the worker needs from the consumer runtime that delivers its records."""
+
+    async def commit(self, offsets: dict[int, int]) -> None:
+        """Commit next-offsets of input partitions to the consumer group (a position hint)."""
+
+    def highwater(self, partition: int) -> int | None:
+        """The broker's last known high watermark of an input partition, if any."""
+
+
+class Sender(Protocol):
+    """A Kafka producer."""
+
+    async def send(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> None:
+        """Send one record and wait for the broker's acknowledgement."""
 
 
 @dataclass(slots=True)
@@ -59,7 +82,7 @@ class WorkerStats:
 
 
 class Worker:
-    """A fleet member. :meth:`run` until ``stop`` is set; then flush, checkpoint, leave."""
+    """A fleet member's exact state: owned partitions, their checkpoints, and publishing."""
 
     def __init__(
         self,
@@ -89,93 +112,81 @@ class Worker:
         self._lock = asyncio.Lock()
         self._published: dict[int, tuple[CumulativeShard, dict[Any, int]]] = {}
         self.stats = WorkerStats()
-        self._consumer: Any = None
-        self._producer: Any = None
-        self.ready = asyncio.Event()
+        self._positions: Positions = _Detached()
+        self._sender: Sender = _Detached()
         self._started_ns = clock.now_ns()
 
     # ---------------------------------------------------------------- lifecycle
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set, flushing every ``metrics_flush_interval``."""
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
-        source = self.topology.source
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
-        await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=source.group,
-            enable_auto_commit=False,
-            auto_offset_reset=source.initial_offset,
-            client_id=self.worker_id,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-        )
-        await self._consumer.start()
-        self._consumer.subscribe([source.topic], listener=_Listener(self))
-        interval = self.topology.spanmetrics.metrics_flush_interval
-        next_flush = time.monotonic() + interval
-        try:
-            while not stop.is_set():
-                batches = await self._consumer.getmany(timeout_ms=200, max_records=5000)
-                if batches:
-                    async with self._lock:
-                        await self._consume(batches)
-                if self._partitions and not self.ready.is_set():
-                    self.ready.set()
-                if time.monotonic() >= next_flush:
-                    next_flush = time.monotonic() + interval
-                    await self.flush()
-            await self.flush()
-        finally:
-            await self._consumer.stop()  # leaves the group: revokes (and checkpoints) first
-            await self._producer.stop()
+    def attach(self, positions: Positions, sender: Sender, n_partitions: int) -> None:
+        """Connect the worker to its runtime: consumer positions, producer, topic size."""
+        self._positions = positions
+        self._sender = sender
+        self._n_partitions = n_partitions
 
     # ------------------------------------------------------------------ consume
 
-    async def _consume(self, batches: dict[Any, list[Any]]) -> None:
-        encoding = self.topology.source.encoding
-        for tp, records in batches.items():
-            part = self._partitions.get(tp.partition)
+    async def consume(
+        self, partition: int, offset: int, value: bytes | None, key: bytes | None, topic: str
+    ) -> None:
+        """Aggregate one input record, unless its partition's checkpoint already holds it."""
+        async with self._lock:
+            part = self._partitions.get(partition)
             if part is None:
-                continue  # fetched before a rebalance took the partition away
-            for record in records:
-                if record.offset < part.next_offset:
-                    continue  # already counted in the checkpoint
-                try:
-                    part.engine.consume_record(record.value or b"", encoding)
-                except DecodeError as err:
-                    await self._dead_letter(record, err)
-                self.stats.counters["records_received"] += 1
-                part.next_offset = record.offset + 1
-                part.dirty = True
+                # Delivered after a rebalance took the partition away: its new owner
+                # reads it again from the checkpoint.
+                self.stats.counters["records_not_owned"] += 1
+                return
+            if offset < part.next_offset:
+                return  # already counted in the checkpoint this partition resumed from
+            if 0 <= part.next_offset < offset:
+                # Offsets skip only over transaction markers or deleted records; anything
+                # else would be a positioning fault, so it is counted and logged.
+                self.stats.counters["offset_gaps"] += 1
+                log.warning("%s: partition %d jumped from offset %d to %d", self.worker_id,
+                            partition, part.next_offset, offset)  # fmt: skip
+            try:
+                part.engine.consume_record(value or b"", self.topology.source.encoding)
+            except DecodeError as err:
+                await self._dead_letter(topic, partition, offset, value, key, err)
+            self.stats.counters["records_received"] += 1
+            part.next_offset = offset + 1
+            part.dirty = True
 
-    async def _dead_letter(self, record: Any, err: DecodeError) -> None:
+    async def _dead_letter(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        value: bytes | None,
+        key: bytes | None,
+        err: DecodeError,
+    ) -> None:
         self.stats.counters[f"records_dead_lettered.{err.reason}"] += 1
         headers = [
             ("spanmetrics.error.reason", err.reason.encode()),
             ("spanmetrics.error.detail", err.detail.encode()[:1000]),
-            ("spanmetrics.source.topic", record.topic.encode()),
-            ("spanmetrics.source.partition", str(record.partition).encode()),
-            ("spanmetrics.source.offset", str(record.offset).encode()),
+            ("spanmetrics.source.topic", topic.encode()),
+            ("spanmetrics.source.partition", str(partition).encode()),
+            ("spanmetrics.source.offset", str(offset).encode()),
         ]
-        await self._producer.send_and_wait(
-            self.topology.source.dead_letter_topic,
-            value=record.value,
-            key=record.key,
-            headers=headers,
-        )
+        await self._sender.send(self.topology.source.dead_letter_topic, value or b"", key, headers)
 
     # -------------------------------------------------------------- rebalancing
 
     async def assign(self, partitions: list[int]) -> None:
-        """Take ownership: claim epochs, load checkpoints, seek to their offsets."""
-        from aiokafka import TopicPartition
+        """Take ownership: claim epochs, load checkpoints, make the group resume from them.
 
+        The checkpoint's offset is committed to the consumer group here, before the runtime
+        positions the partition at its committed offset, so reading resumes exactly where
+        the checkpoint ends. (Commits only ever follow a checkpoint, so a committed offset
+        is never ahead of its checkpoint; records before the checkpoint offset are skipped.)
+        """
         async with self._lock:
-            topic = self.topology.source.topic
-            self._n_partitions = len(self._consumer.partitions_for_topic(topic) or ())
+            resume: dict[int, int] = {}
             for p in partitions:
+                if p in self._partitions:
+                    continue
                 epoch = await self.store.claim(p)
                 ckpt = await self.store.load(p)
                 part = _Partition(
@@ -188,19 +199,22 @@ class Worker:
                         blob, self.names, self._max_size, self._key_attributes
                     )
                 self._partitions[p] = part
-                tp = TopicPartition(topic, p)
                 if ckpt.offset is not None:
-                    self._consumer.seek(tp, ckpt.offset)
+                    resume[p] = ckpt.offset
                     log.info("%s: partition %d from checkpoint offset %d", self.worker_id, p,
                              ckpt.offset)  # fmt: skip
                 else:
-                    part.next_offset = 0
-                    if self.topology.source.initial_offset == "earliest":
-                        await self._consumer.seek_to_beginning(tp)
-                    else:
-                        await self._consumer.seek_to_end(tp)
                     log.info("%s: partition %d has no checkpoint, from %s", self.worker_id, p,
                              self.topology.source.initial_offset)  # fmt: skip
+            if resume:
+                await self._commit(resume)
+
+    async def _commit(self, offsets: dict[int, int]) -> None:
+        try:
+            await self._positions.commit(offsets)
+        except Exception as err:  # a position hint only: the checkpoint decides
+            self.stats.counters["commit_errors"] += 1
+            log.warning("%s: commit of %s failed: %r", self.worker_id, offsets, err)
 
     async def revoke(self, partitions: list[int]) -> None:
         """Give partitions up: checkpoint them first, so the next owner resumes exactly."""
@@ -276,6 +290,9 @@ class Worker:
         part.dirty = False
         part.unsaved.clear()
         self.stats.last_checkpoint_unix = time.time()
+        if part.next_offset >= 0:
+            # After the checkpoint, never before: the committed offset must not pass it.
+            await self._commit({p: part.next_offset})
 
     async def _publish(self, s: int) -> None:
         merged = CumulativeShard()
@@ -329,12 +346,10 @@ class Worker:
         are known to read low when batches hold several records (see README), so this is
         a health signal only; nothing exact depends on it.
         """
-        from aiokafka import TopicPartition
-
         lag: dict[int, float] = {}
         for p, part in self._partitions.items():
-            highwater = self._consumer.highwater(TopicPartition(self.topology.source.topic, p))
-            if highwater is not None:
+            highwater = self._positions.highwater(p)
+            if highwater is not None and part.next_offset >= 0:
                 lag[p] = float(max(highwater - part.next_offset, 0))
         return lag
 
@@ -354,16 +369,16 @@ class Worker:
                 "checkpoint_age_seconds": age,
                 "partitions_owned": float(len(self._partitions)),
             },
-            {"consumer_lag": self.consumer_lag()} if self._consumer is not None else {},
+            {"consumer_lag": self.consumer_lag()},
             self._started_ns,
             now,
         )
         encoding = self._sink_encoding()
         payload = encode_metrics(request, encoding)
         for sink in self.topology.sinks:
-            if sink.kafka is not None and self._producer is not None:
-                await self._producer.send_and_wait(
-                    sink.kafka.topic, value=payload, key=f"worker-{self.worker_id}".encode()
+            if sink.kafka is not None:
+                await self._sender.send(
+                    sink.kafka.topic, payload, f"worker-{self.worker_id}".encode(), ()
                 )
 
     def _encode(self, snapshot: MetricsSnapshot) -> bytes:
@@ -382,9 +397,7 @@ class Worker:
     async def _send_bytes(self, s: int, payload: bytes) -> None:
         for sink in self.topology.sinks:
             if sink.kafka is not None:
-                await self._producer.send_and_wait(
-                    sink.kafka.topic, value=payload, key=f"shard-{s}".encode()
-                )
+                await self._sender.send(sink.kafka.topic, payload, f"shard-{s}".encode(), ())
         self.stats.counters["metrics_records_sent"] += 1
 
 
@@ -401,14 +414,14 @@ def _decode_published(data: bytes, worker: Worker) -> tuple[CumulativeShard, dic
     return shard, last_sent
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
-    """aiokafka rebalance callbacks, forwarded to the worker."""
+class _Detached:
+    """Stands in for the runtime until :meth:`Worker.attach`; any use is a bug."""
 
-    def __init__(self, worker: Worker) -> None:
-        self._worker = worker
+    async def commit(self, offsets: dict[int, int]) -> None:
+        raise RuntimeError("worker is not attached to a consumer runtime")
 
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self._worker.revoke(sorted(tp.partition for tp in revoked))
+    def highwater(self, partition: int) -> int | None:
+        return None
 
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self._worker.assign(sorted(tp.partition for tp in assigned))
+    async def send(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> None:
+        raise RuntimeError("worker is not attached to a producer")
