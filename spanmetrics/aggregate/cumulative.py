@@ -30,6 +30,7 @@ from spanmetrics.aggregate.expohist import ExpoHistogram
 from spanmetrics.aggregate.points import (
     Attributes,
     EventsPoint,
+    Exemplar,
     MetricNames,
     MetricsSnapshot,
     ResourcePoints,
@@ -54,6 +55,8 @@ class CumulativeSeries:
     start_ns: int
     calls: int = 0
     duration: Histogram | None = None
+    #: The most recent exemplars seen, kept until newer ones replace them.
+    exemplars: tuple[Exemplar, ...] = ()
 
 
 @dataclass(slots=True)
@@ -83,6 +86,7 @@ class CumulativeShard:
                 point.start_time_unix_nano,
                 point.calls,
                 point.duration,
+                point.exemplars,
             )
         for event in events:
             self._add(
@@ -100,15 +104,18 @@ class CumulativeShard:
         start_ns: int,
         calls: int,
         duration: Histogram | None,
+        exemplars: tuple[Exemplar, ...] = (),
     ) -> None:
         current = table.get(key)
         if current is None:
             table[key] = CumulativeSeries(
-                start_ns, calls, duration.copy() if duration is not None else None
+                start_ns, calls, duration.copy() if duration is not None else None, exemplars
             )
             return
         current.start_ns = min(current.start_ns, start_ns)
         current.calls += calls
+        if exemplars:
+            current.exemplars = _latest_exemplars(current.exemplars, exemplars)
         if duration is not None:
             current.duration = (
                 duration.copy() if current.duration is None else _merged(current.duration, duration)
@@ -119,7 +126,7 @@ class CumulativeShard:
         for identity, resource in other.resources.items():
             self.resources.setdefault(identity, resource)
         for key, s in other.series.items():
-            self._add(self.series, key, s.start_ns, s.calls, s.duration)
+            self._add(self.series, key, s.start_ns, s.calls, s.duration, s.exemplars)
         for key, e in other.events.items():
             self._add(self.events, key, e.start_ns, e.calls, None)
 
@@ -144,7 +151,7 @@ class CumulativeShard:
         for key, s in sorted(self.series.items(), key=_order):
             time_ns = time_of("series", key, s.start_ns)
             points_of(key[0]).series.append(
-                SeriesPoint(key[1], s.start_ns, time_ns, s.calls, s.duration)
+                SeriesPoint(key[1], s.start_ns, time_ns, s.calls, s.duration, s.exemplars)
             )
         for key, e in sorted(self.events.items(), key=_order):
             time_ns = time_of("events", key, e.start_ns)
@@ -180,7 +187,11 @@ class CumulativeShard:
             points = by_identity.get(identity)
             if points is None:
                 points = by_identity[identity] = ResourcePoints(self.resources[identity])
-            points.series.append(SeriesPoint(labels, start, time_ns, calls, duration))
+            # Exemplars newer than what was published with the previous delta.
+            exemplars = tuple(
+                e for e in now.exemplars if before is None or e not in before.exemplars
+            )
+            points.series.append(SeriesPoint(labels, start, time_ns, calls, duration, exemplars))
         for key, now in sorted(self.events.items(), key=_order):
             before = previous.events.get(key)
             count = now.calls - (before.calls if before else 0)
@@ -250,11 +261,13 @@ class CumulativeShard:
                                 shard.series, identity, ep.attributes, ep.start_time_unix_nano
                             )
                             s.duration = _expo_from_point(ep, max_size)
+                            s.exemplars = _exemplars_from_point(ep)
                         for hp in metric.histogram.data_points:
                             s = _entry(
                                 shard.series, identity, hp.attributes, hp.start_time_unix_nano
                             )
                             s.duration = _explicit_from_point(hp)
+                            s.exemplars = _exemplars_from_point(hp)
         return shard
 
 
@@ -278,6 +291,24 @@ def _entry(
     if entry is None:
         entry = table[key] = CumulativeSeries(start_ns)
     return entry
+
+
+def _latest_exemplars(
+    kept: tuple[Exemplar, ...], new: tuple[Exemplar, ...]
+) -> tuple[Exemplar, ...]:
+    """The most recent exemplars of both, as many as the larger of the two holds (each
+    side is already capped at ``exemplars.max_per_data_point``)."""
+    keep = max(len(kept), len(new))
+    merged = sorted(set(kept) | set(new), key=lambda e: (e.time_unix_nano, e.span_id))
+    return tuple(merged[-keep:])
+
+
+def _exemplars_from_point(
+    point: ExponentialHistogramDataPoint | HistogramDataPoint,
+) -> tuple[Exemplar, ...]:
+    return tuple(
+        Exemplar(e.trace_id, e.span_id, e.as_double, e.time_unix_nano) for e in point.exemplars
+    )
 
 
 def _expo_from_point(point: ExponentialHistogramDataPoint, max_size: int) -> ExpoHistogram:
