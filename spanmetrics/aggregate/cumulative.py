@@ -43,8 +43,8 @@ Histogram = ExpoHistogram | ExplicitHistogram
 SeriesKey = tuple[ResourceIdentity, Attributes]
 
 
-def shard_of(identity: ResourceIdentity, shards: int) -> int:
-    """Shard of a resource: a hash that is the same in every process and every run."""
+def shard_of(identity: tuple[object, ...], shards: int) -> int:
+    """Shard of a key: a hash that is the same in every process and every run."""
     return zlib.crc32(repr(identity).encode("utf-8")) % shards
 
 

@@ -36,3 +36,22 @@ def resource_identity(
         if not key_attributes or kv.key in key_attributes
     )
     return (name, *pairs)
+
+
+#: Resource attributes that name a service instance (OpenTelemetry semantic conventions).
+#: Metric stores key series on them: Prometheus's ``job`` and ``instance`` labels.
+SERVICE_IDENTITY_KEYS = ("service.namespace", "service.name", "service.instance.id")
+
+
+def service_identity(resource: Resource) -> tuple[str, str, str]:
+    """``(service.namespace, service.name, service.instance.id)``, empty where missing.
+
+    Resources that share it become the same series in a store that keys series by service
+    instance (Prometheus's ``job``/``instance``), so a fleet publishes them together.
+    """
+    values = dict.fromkeys(SERVICE_IDENTITY_KEYS, "")
+    for kv in resource.attributes:
+        if kv.key in values:
+            values[kv.key] = any_value_to_str(kv.value)
+    namespace, name, instance = (values[k] for k in SERVICE_IDENTITY_KEYS)
+    return namespace, name, instance

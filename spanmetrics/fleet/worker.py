@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from spanmetrics.aggregate.cumulative import CumulativeShard, shard_of
 from spanmetrics.aggregate.engine import SpanMetricsEngine
 from spanmetrics.aggregate.points import MetricsSnapshot
-from spanmetrics.aggregate.resources import resource_identity
+from spanmetrics.aggregate.resources import resource_identity, service_identity
 from spanmetrics.config.model import Topology
 from spanmetrics.decode import DecodeError
 from spanmetrics.export.otlp import encode_metrics, snapshot_to_request
@@ -280,7 +280,10 @@ class Worker:
             identity = resource_identity(rp.resource, self._key_attributes)
             if identity is None:
                 continue
-            shard = shard_of(identity, max(self._n_partitions, 1))
+            # Sharded by service instance, not by the whole resource: resources that differ
+            # only in other attributes are one series in Prometheus (job/instance labels),
+            # and one series must have one publisher.
+            shard = shard_of(service_identity(rp.resource), max(self._n_partitions, 1))
             part.shards.setdefault(shard, CumulativeShard()).add_points(
                 identity, rp.resource, rp.series, rp.events
             )
