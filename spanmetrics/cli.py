@@ -223,7 +223,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     topology = apply_overrides(
-        _load(args.topology), args.broker, args.state, args.group, args.flush_interval
+        _load(args.topology),
+        args.broker,
+        args.state,
+        args.group,
+        args.flush_interval,
+        args.scrape_port,
     )
     run_worker(topology, args.worker_id)
     return 0
@@ -466,6 +471,13 @@ def build_parser() -> argparse.ArgumentParser:
     work.add_argument("--group", help="consumer group (overrides source.group)")
     work.add_argument(
         "--flush-interval", metavar="DURATION", help="e.g. 5s (overrides metrics_flush_interval)"
+    )
+    work.add_argument(
+        "--scrape-port",
+        type=int,
+        metavar="N",
+        help="port of the /metrics endpoint (overrides the prometheus sink's port; 0 picks a "
+        "free one), for several workers on one host",
     )
     work.add_argument("--worker-id", help="name in logs (default: host-pid)")
     work.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 
-from spanmetrics.config.load import parse_topology
+from spanmetrics.config.load import ConfigError, parse_topology
 from spanmetrics.config.model import Topology
 from spanmetrics.fleet.worker import Worker
 from spanmetrics.model.clock import SystemClock
@@ -16,6 +16,7 @@ from spanmetrics.state.store import open_store
 ENV_BROKER = "SPANMETRICS_BROKER"
 ENV_STATE = "SPANMETRICS_STATE"
 ENV_GROUP = "SPANMETRICS_GROUP"
+ENV_SCRAPE_PORT = "SPANMETRICS_SCRAPE_PORT"
 
 
 def apply_overrides(
@@ -24,13 +25,15 @@ def apply_overrides(
     state: str | None = None,
     group: str | None = None,
     flush_interval: str | None = None,
+    scrape_port: int | None = None,
 ) -> Topology:
     """The topology with command-line, then environment, overrides applied.
 
     Raises:
         ConfigError: an override is invalid; the message names the key it sets.
     """
-    document = topology.model_dump()
+    # exclude_none: an unset sink kind dumps as None, which would read back as "given".
+    document = topology.model_dump(exclude_none=True)
     if broker := broker or os.environ.get(ENV_BROKER):
         document["source"]["broker"] = broker
     if group := group or os.environ.get(ENV_GROUP):
@@ -39,6 +42,16 @@ def apply_overrides(
         document["state"] = state
     if flush_interval:
         document["spanmetrics"]["metrics_flush_interval"] = flush_interval
+    if scrape_port is None and (env_port := os.environ.get(ENV_SCRAPE_PORT)):
+        if not env_port.isdigit():
+            raise ConfigError(
+                "environment", [f"{ENV_SCRAPE_PORT}: expected a port number, got {env_port!r}"]
+            )
+        scrape_port = int(env_port)
+    if scrape_port is not None:
+        for sink in document["sinks"]:
+            if sink.get("prometheus"):
+                sink["prometheus"]["port"] = scrape_port
     return parse_topology(document, "command line and environment")
 
 
