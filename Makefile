@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TOPOLOGY ?= topologies/red.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo test lint fmt typecheck unit bench bench-fleet clean
+.PHONY: help install run demo test lint fmt typecheck unit bench bench-fleet proto clean
 
 help: ## List the commands
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,3 +52,7 @@ bench-fleet: $(STAMP) ## Fleet benchmark: 1M spans through 1 and 2 workers on th
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .run
+
+PROTO_DIR := spanmetrics/export/prometheus/proto
+proto: $(STAMP) ## Regenerate the committed Prometheus protobuf code from its .proto files
+	cd $(PROTO_DIR) && $(CURDIR)/$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. remote_write.proto metrics.proto

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,14 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return path or "(top level)"
 
 
+#: A message that already starts with the key path it is about (cross-key checks).
+_PATH_FIRST = re.compile(r"^(source|spanmetrics|sinks|state)[\w.\[\]]*: ")
+
+
 def _describe(error: Any) -> str:
     msg = str(error["msg"]).removeprefix("Value error, ")
+    if not error["loc"] and _PATH_FIRST.match(msg):
+        return msg
     if error["type"] == "extra_forbidden":
         msg = "unknown key"
     elif error["type"] in ("literal_error", "missing", "value_error"):

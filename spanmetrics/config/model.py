@@ -248,7 +248,7 @@ NamingProfile = Literal["otel", "tempo"]
 
 
 class PrometheusRemoteWriteSinkConfig(_Strict):
-    """Prometheus remote write (served in a later release; the shape is fixed now)."""
+    """Prometheus remote write: native (or classic) histograms, cumulative, every flush."""
 
     endpoint: str
     """Remote-write URL, e.g. ``http://prometheus:9090/api/v1/write``."""
@@ -259,10 +259,10 @@ class PrometheusRemoteWriteSinkConfig(_Strict):
 
 
 class PrometheusScrapeSinkConfig(_Strict):
-    """A ``/metrics`` endpoint on each worker (served in a later release)."""
+    """A ``/metrics`` endpoint on each worker, serving the shards it owns."""
 
-    port: int = Field(default=defaults.DEFAULT_SCRAPE_PORT, ge=1, le=65535)
-    """Listening port."""
+    port: int = Field(default=defaults.DEFAULT_SCRAPE_PORT, ge=0, le=65535)
+    """Listening port (0: any free port, for tests)."""
     naming: NamingProfile = defaults.DEFAULT_PROMETHEUS_NAMING
     """``otel`` or ``tempo``."""
 
@@ -311,6 +311,21 @@ class Topology(_Strict):
     """Where metrics go; defaults to one Kafka sink on ``otlp_metrics``."""
     state: str = defaults.DEFAULT_STATE_URL
     """Durable state: ``redis://HOST:PORT/DB`` for a fleet, ``memory://`` for one process."""
+
+    @model_validator(mode="after")
+    def _tempo_needs_seconds(self) -> Topology:
+        # Checked here because it spans two keys; the message starts with the key path.
+        for i, sink in enumerate(self.sinks):
+            for kind in ("prometheus_remote_write", "prometheus"):
+                config = getattr(sink, kind)
+                tempo = config is not None and config.naming == "tempo"
+                if tempo and self.spanmetrics.histogram.unit != "s":
+                    raise ValueError(
+                        f"sinks[{i}].{kind}.naming: the tempo profile's "
+                        "traces_spanmetrics_latency is in seconds; set "
+                        "spanmetrics.histogram.unit: s"
+                    )
+        return self
 
     @field_validator("state")
     @classmethod

@@ -158,3 +158,21 @@ async def consume_until(
 def consume() -> Callable[..., Awaitable[list[Any]]]:
     """:func:`consume_until` as a fixture, for tests that prefer not to import conftest."""
     return consume_until
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path: Any) -> Iterator[Callable[..., Any]]:
+    """Starts real Prometheus processes (``tests/integration/prometheus.py``); all are
+    stopped at teardown."""
+    from tests.integration.prometheus import Prometheus
+
+    started: list[Prometheus] = []
+
+    def start(config: str = "", **kwargs: Any) -> Prometheus:
+        prom = Prometheus(tmp_path / f"prometheus-{len(started)}", config, **kwargs)
+        started.append(prom)
+        return prom
+
+    yield start
+    for prom in started:
+        prom.stop()
