@@ -103,6 +103,7 @@ class _App(faust.App):
 
     async def on_start(self) -> None:
         await self.spanmetrics_sender.start()
+        await self.spanmetrics_worker.prometheus.start()
         await super().on_start()
 
     async def on_stop(self) -> None:
@@ -114,6 +115,7 @@ class _App(faust.App):
             log.exception("final flush failed; the next owner resumes from the last checkpoint")
         await super().on_stop()
         await self.spanmetrics_sender.stop()
+        await self.spanmetrics_worker.prometheus.stop()
         await self.spanmetrics_worker.store.close()
 
 

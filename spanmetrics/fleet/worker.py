@@ -22,12 +22,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from spanmetrics.aggregate.cumulative import CumulativeShard, shard_of
-from spanmetrics.aggregate.engine import SpanMetricsEngine
+from spanmetrics.aggregate.engine import (
+    DROPPED_MISSING_SERVICE_NAME,
+    SPANS_RECEIVED,
+    SpanMetricsEngine,
+)
 from spanmetrics.aggregate.points import MetricsSnapshot
 from spanmetrics.aggregate.resources import resource_identity, service_identity
 from spanmetrics.config.model import Topology
+from spanmetrics.decode import REASONS as DECODE_REASONS
 from spanmetrics.decode import DecodeError
 from spanmetrics.export.otlp import encode_metrics, snapshot_to_request
+from spanmetrics.fleet.prometheus_sinks import PrometheusSinks
 from spanmetrics.fleet.telemetry import telemetry_request
 from spanmetrics.kafka.admin import bootstrap_servers
 from spanmetrics.model.clock import Clock
@@ -112,6 +118,17 @@ class Worker:
         self._lock = asyncio.Lock()
         self._published: dict[int, tuple[CumulativeShard, dict[Any, int]]] = {}
         self.stats = WorkerStats()
+        # Counters exist from the start at 0, so rate() and increase() see their first
+        # increment (a counter series born at 1 hides it) and dashboards show a flat 0.
+        for name in (
+            SPANS_RECEIVED,
+            DROPPED_MISSING_SERVICE_NAME,
+            "records_received",
+            "checkpoint_errors",
+            *(f"records_dead_lettered.{reason}" for reason in DECODE_REASONS),
+        ):
+            self.stats.counters[name] = 0
+        self.prometheus = PrometheusSinks(topology, self.stats.counters)
         self._positions: Positions = _Detached()
         self._sender: Sender = _Detached()
         self._started_ns = clock.now_ns()
@@ -227,6 +244,7 @@ class Worker:
                         log.warning("%s: partition %d was already taken over", self.worker_id, p)
                     del self._partitions[p]
                     self._published.pop(p, None)
+                    self.prometheus.drop_shard(p)
 
     # -------------------------------------------------------------------- flush
 
@@ -241,6 +259,7 @@ class Worker:
                 except FencedError:
                     log.warning("%s: lost partition %d to another worker", self.worker_id, p)
                     del self._partitions[p]
+                    self.prometheus.drop_shard(p)
                 except Exception:
                     # The store is unreachable: keep consuming and retry next interval.
                     # Nothing is published meanwhile, since a published value must never
@@ -259,6 +278,7 @@ class Worker:
             )
         self.stats.last_flush_seconds = time.perf_counter() - started
         await self._publish_telemetry()
+        await self.prometheus.push()
         log.info(
             "%s: flush %.3fs partitions=%s series=%d %s",
             self.worker_id,
@@ -312,9 +332,12 @@ class Worker:
                 merged.merge(own)
         now = self.clock.now_ns()
         epoch = self._partitions[s].epoch
+        cumulative = merged.snapshot(self.names, now)
+        if self.prometheus.enabled:
+            self.prometheus.set_shard(s, snapshot_to_request(cumulative))
         if not self._output_delta:
             if merged.series or merged.events:
-                await self._send(s, merged.snapshot(self.names, now))
+                await self._send(s, cumulative)
             return
         previous, last_sent = await self._previous_publish(s, epoch)
         snapshot = merged.delta_since(previous, last_sent, self.names, now)
@@ -376,6 +399,7 @@ class Worker:
             self._started_ns,
             now,
         )
+        self.prometheus.set_telemetry(request)
         encoding = self._sink_encoding()
         payload = encode_metrics(request, encoding)
         for sink in self.topology.sinks:

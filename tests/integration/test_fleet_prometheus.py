@@ -1,0 +1,213 @@
+"""End to end into a real Prometheus: spans from several pods, through a fleet of workers
+that rebalances while it runs, remote-written as native histograms.
+
+Checks what a user reads in Grafana: exact counts, a fleet-wide p95 within the histogram's
+bucket error of the exact p95 of the raw durations, exemplars, no refused (out-of-order
+or duplicate) writes and no counter that ever goes down while workers join and leave,
+and data behind every panel of the shipped dashboards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import random
+import signal
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiokafka import AIOKafkaProducer
+
+from spanmetrics.kafka.admin import ensure_topics
+from spanmetrics.synth import encode_request
+from tests.builders import ERROR, SERVER, UNSET, request, resource, span
+from tests.integration.prometheus import Prometheus, wait_for
+from tests.integration.test_fleet_exactness import Fleet
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+SERVICES = {"checkout": 40.0, "cart": 8.0, "frontend": 20.0}  # median duration, ms
+PODS = 2
+ROUTES = ("GET /api", "POST /api")
+OUTCOMES = ((UNSET, 200), (ERROR, 500))
+DURATION = "traces_span_metrics_duration_milliseconds"
+CALLS = "traces_span_metrics_calls_total"
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
+
+
+class Spans:
+    """Span records of three services with two pods each, and what they should give."""
+
+    def __init__(self) -> None:
+        self.rng = random.Random(3)
+        self.calls: Counter[tuple[str, str]] = Counter()  # (service, status code) -> spans
+        self.durations: dict[str, list[float]] = defaultdict(list)  # after the seed
+
+    def _record(self, items: list[tuple[str, int, str, int, int, float]]) -> bytes:
+        by_pod: dict[tuple[str, int], list[Any]] = defaultdict(list)
+        now_ns = time.time_ns()
+        for service, pod, route, status, code, ms in items:
+            s = span(route, SERVER, status, ms, now_ns - 2 * 10**9,
+                     attributes={"http.request.method": route.split()[0],
+                                 "http.response.status_code": code})  # fmt: skip
+            by_pod[(service, pod)].append(s)
+            name = "STATUS_CODE_ERROR" if status == ERROR else "STATUS_CODE_UNSET"
+            self.calls[(service, name)] += 1
+        resources = [
+            resource({"service.name": service, "service.instance.id": f"{service}-{pod}",
+                      "k8s.pod.name": f"{service}-{pod}", "k8s.namespace.name": "shop",
+                      "k8s.deployment.name": service}, *spans)
+            for (service, pod), spans in by_pod.items()
+        ]  # fmt: skip
+        return encode_request(request(*resources), "otlp_proto")
+
+    def seed(self) -> bytes:
+        """One span for every series, so each series' first sample is known exactly and
+        ``rate()`` over the whole run sees precisely the spans sent after it."""
+        combos = itertools.product(SERVICES, range(PODS), ROUTES, OUTCOMES)
+        return self._record([(s, p, r, st, c, 1.0) for s, p, r, (st, c) in combos])
+
+    def batch(self, n: int) -> bytes:
+        items = []
+        for _ in range(n):
+            service = self.rng.choice(list(SERVICES))
+            ms = self.rng.lognormvariate(math.log(SERVICES[service]), 0.7)
+            status, code = OUTCOMES[1] if self.rng.random() < 0.04 else OUTCOMES[0]
+            items.append(
+                (service, self.rng.randrange(PODS), self.rng.choice(ROUTES), status, code, ms)
+            )
+            self.durations[service].append(ms)
+        return self._record(items)
+
+
+async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value)
+    finally:
+        await producer.stop()
+
+
+def write_refusals(prom: Prometheus) -> list[str]:
+    """Prometheus's own count of non-2xx answers to remote writes (out of order,
+    duplicate or out of bounds samples are refused with 400)."""
+    return [
+        line
+        for line in prom.self_metrics().splitlines()
+        if line.startswith("prometheus_http_requests_total")
+        and 'handler="/api/v1/write"' in line
+        and 'code="2' not in line
+        and not line.endswith(" 0")
+    ]
+
+
+def test_fleet_into_prometheus_through_rebalances(
+    broker: Any, tmp_path: Path, prometheus_factory: Any, redis_url: str, redis_prefix: str
+) -> None:
+    prom: Prometheus = prometheus_factory()
+    suffix = redis_prefix[-8:]
+    topic, metrics_topic, dlq = f"spans-{suffix}", f"metrics-{suffix}", f"dlq-{suffix}"
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(
+        yaml.safe_dump(
+            {
+                "source": {"topic": topic, "broker": broker.url, "group": redis_prefix,
+                           "dead_letter_topic": dlq},
+                "spanmetrics": {
+                    "metrics_flush_interval": "1s",
+                    "dimensions": [{"name": "http.request.method"},
+                                   {"name": "http.response.status_code"}],
+                    "exemplars": {"enabled": True},
+                },
+                "sinks": [
+                    {"kafka": {"topic": metrics_topic}},
+                    {"prometheus_remote_write": {"endpoint": f"{prom.url}/api/v1/write"}},
+                ],
+                "state": redis_url,
+            }
+        )
+    )  # fmt: skip
+    fleet = Fleet(topology, tmp_path)
+    spans = Spans()
+    asyncio.run(ensure_topics(broker.bootstrap, {topic: PARTITIONS, metrics_topic: 1, dlq: 1}))
+
+    def total() -> float:
+        result = prom.query(f"sum({CALLS})")
+        return float(result[0]["value"][1]) if result else 0.0
+
+    try:
+        fleet.start("a")
+        fleet.start("b")
+        asyncio.run(produce(broker.bootstrap, topic, [spans.seed()]))
+        seeded = sum(spans.calls.values())
+        wait_for(lambda: total() == seeded, 120, "the seed in Prometheus")
+        # Rebalances while spans flow: c joins, a leaves (SIGTERM), then b is killed.
+        asyncio.run(produce(broker.bootstrap, topic, [spans.batch(300) for _ in range(15)]))
+        fleet.start("c")
+        asyncio.run(produce(broker.bootstrap, topic, [spans.batch(300) for _ in range(15)]))
+        fleet.signal("a", signal.SIGTERM)
+        asyncio.run(produce(broker.bootstrap, topic, [spans.batch(300) for _ in range(10)]))
+        missing_service = encode_request(request(resource({}, span("orphan"))), "otlp_proto")
+        asyncio.run(produce(broker.bootstrap, topic, [missing_service, b"\x00not otlp"]))
+        fleet.signal("b", signal.SIGKILL)
+        expected_total = sum(spans.calls.values())
+        wait_for(lambda: total() == expected_total, 180, f"{expected_total} calls")
+        at = time.time()
+        # Counts per service and status code are exact.
+        calls = prom.query(f"sum by (service_name, status_code) ({CALLS})", at)
+        got = {(r["metric"]["service_name"], r["metric"]["status_code"]): float(r["value"][1])
+               for r in calls}  # fmt: skip
+        assert got == {k: float(v) for k, v in spans.calls.items()}
+        # The fleet-wide p95 from merged native histograms is as true as a bucket allows.
+        q95 = prom.query(
+            f"histogram_quantile(0.95, sum by (service_name) (rate({DURATION}[10m])))", at
+        )
+        estimates = {r["metric"]["service_name"]: float(r["value"][1]) for r in q95}
+        raw = prom.query(f"sum by (service_name) ({DURATION})", at)
+        assert set(estimates) == set(SERVICES) == {r["metric"]["service_name"] for r in raw}
+        for result in raw:
+            service = result["metric"]["service_name"]
+            buckets = result["histogram"][1]["buckets"]
+            base = max(float(b[2]) / float(b[1]) for b in buckets if float(b[1]) > 0)
+            exact = nearest_rank(spans.durations[service], 0.95)
+            error = abs(estimates[service] / exact - 1)
+            assert error <= base - 1, (service, estimates[service], exact, base)
+        # Exemplars link the latency to traces.
+        exemplars = prom.api("query_exemplars", query=DURATION, start=at - 600, end=at + 1)
+        assert any(e["labels"].get("trace_id") for g in exemplars for e in g["exemplars"])
+        # One writer at a time: nothing refused, no counter ever went down.
+        assert write_refusals(prom) == []
+        assert not prom.query("spanmetrics_worker_remote_write_failures_total > 0", at)
+        history = prom.api("query", query=f"{CALLS}[10m]", time=at)["result"]
+        for series in history:
+            values = [float(v) for _, v in series["values"]]
+            assert values == sorted(values), (series["metric"], values)
+        # Every panel of the shipped dashboards has data.
+        check_dashboards(prom, at)
+    finally:
+        fleet.stop_all()
+
+
+def check_dashboards(prom: Prometheus, at: float) -> None:
+    from tests.dashboards import load_dashboards, panel_queries
+
+    variables = {"service": "checkout", "span_name": ".*", "__rate_interval": "1m",
+                 "__interval": "15s", "__range": "10m"}  # fmt: skip
+    empty = []
+    for uid, dashboard in load_dashboards().items():
+        for title, expr in panel_queries(dashboard, variables):
+            if not prom.query(expr, at):
+                empty.append(f"{uid} / {title}: {expr}")
+    assert not empty, "panels without data:\n" + "\n".join(empty)
