@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TOPOLOGY ?= topologies/red.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo test lint fmt typecheck unit bench bench-fleet proto clean
+.PHONY: help install run demo test lint fmt typecheck unit bench bench-fleet proto up down clean
 
 help: ## List the commands
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,3 +56,13 @@ clean: ## Remove the venv and caches
 PROTO_DIR := spanmetrics/export/prometheus/proto
 proto: $(STAMP) ## Regenerate the committed Prometheus protobuf code from its .proto files
 	cd $(PROTO_DIR) && $(CURDIR)/$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. remote_write.proto metrics.proto
+
+COMPOSE := docker compose -f compose/docker-compose.yaml
+up: ## The whole stack in Docker: Kafka, Collector, load, 3 workers, Redis, Prometheus, Grafana
+	@docker compose version >/dev/null 2>&1 || { echo "make up needs a Docker engine with compose v2 (docker compose version failed)"; exit 1; }
+	$(COMPOSE) up -d --build
+	@echo "Grafana: http://localhost:3000   Prometheus: http://localhost:9090"
+
+down: ## Stop the Docker stack and delete its volumes
+	@docker compose version >/dev/null 2>&1 || { echo "make down needs a Docker engine with compose v2 (docker compose version failed)"; exit 1; }
+	$(COMPOSE) down -v
