@@ -36,9 +36,10 @@ Labels = tuple[str, str, str, str]
 class Fleet:
     """Worker processes of one topology; every one is killed at teardown."""
 
-    def __init__(self, topology: Path, logs: Path) -> None:
+    def __init__(self, topology: Path, logs: Path, extra_args: list[str] | None = None) -> None:
         self.topology = topology
         self.logs = logs
+        self.extra_args = extra_args or []
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._files: list[Any] = []
 
@@ -47,7 +48,7 @@ class Fleet:
         self._files.append(log)
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "spanmetrics", "worker", "--topology", str(self.topology),
-             "--worker-id", name],
+             "--worker-id", name, *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
 

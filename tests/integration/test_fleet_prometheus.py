@@ -211,3 +211,68 @@ def check_dashboards(prom: Prometheus, at: float) -> None:
             if not prom.query(expr, at):
                 empty.append(f"{uid} / {title}: {expr}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+def test_worker_serves_its_shards_on_metrics(
+    broker: Any, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """The worker's /metrics endpoint: text for plain scrapers, protobuf for Prometheus with
+    native histograms, both with exact counts of what was sent."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.integration.prometheus import free_port
+
+    suffix = redis_prefix[-8:]
+    topic = f"spans-scrape-{suffix}"
+    port = free_port()
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(
+        yaml.safe_dump(
+            {
+                "source": {"topic": topic, "broker": broker.url, "group": redis_prefix,
+                           "dead_letter_topic": f"dlq-scrape-{suffix}"},
+                "spanmetrics": {"metrics_flush_interval": "1s"},
+                "sinks": [{"prometheus": {"port": 9464}}],
+                "state": redis_url,
+            }
+        )
+    )  # fmt: skip
+    spans = Spans()
+    asyncio.run(ensure_topics(broker.bootstrap, {topic: PARTITIONS}))
+    asyncio.run(produce(broker.bootstrap, topic, [spans.batch(200) for _ in range(5)]))
+    fleet = Fleet(topology, tmp_path, extra_args=["--scrape-port", str(port)])
+
+    def scrape(accept: str | None = None) -> tuple[str, bytes]:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+        if accept:
+            req.add_header("Accept", accept)
+        try:
+            with urllib.request.urlopen(req, timeout=2) as r:
+                return r.headers["Content-Type"], r.read()
+        except OSError:
+            return "", b""
+
+    def calls() -> dict[tuple[str, str], float]:
+        _, body = scrape()
+        out: dict[tuple[str, str], float] = defaultdict(float)
+        for family in text_string_to_metric_families(body.decode()):
+            if family.name == "traces_span_metrics_calls":
+                for sample in family.samples:
+                    key = (sample.labels["service_name"], sample.labels["status_code"])
+                    out[key] += sample.value
+        return dict(out)
+
+    expected = {k: float(v) for k, v in spans.calls.items()}
+    try:
+        fleet.start("solo")
+        wait_for(lambda: calls() == expected, 90, "exact counts on /metrics")
+        content_type, body = scrape(
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;"
+            "encoding=delimited"
+        )
+        assert content_type.startswith("application/vnd.google.protobuf")
+        assert b"traces_span_metrics_duration_milliseconds" in body
+    finally:
+        fleet.stop_all()
