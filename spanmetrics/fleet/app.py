@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Set
 from typing import Any, cast
@@ -31,6 +30,7 @@ from faust.types import TP
 from spanmetrics.config.model import Topology
 from spanmetrics.fleet.worker import Headers, Worker
 from spanmetrics.kafka.admin import topic_partitions
+from spanmetrics.kafka.broker import find_free_port
 
 log = logging.getLogger("spanmetrics.worker")
 
@@ -41,14 +41,6 @@ MAX_FETCH_BYTES = 8 * 1024 * 1024
 #: Session and rebalance timeout of the consumer group: how long a crashed worker's
 #: partitions wait before the group reassigns them, and how long a join may wait.
 GROUP_TIMEOUT_S = 10.0
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (for faust's web server, which we don't use)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class _Positions:
@@ -141,7 +133,7 @@ def build_app(worker: Worker, n_partitions: int, datadir: str) -> faust.App:
         broker_rebalance_timeout=GROUP_TIMEOUT_S,
         broker_heartbeat_interval=GROUP_TIMEOUT_S / 4,
         web_enabled=False,
-        web_port=free_port(),
+        web_port=find_free_port(),  # faust binds it even when its web server is off
         web_bind="127.0.0.1",
     )
     app.spanmetrics_worker = worker

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -14,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from spanmetrics.kafka.broker import find_free_port
+
 BINARY = shutil.which("prometheus") or "/usr/bin/prometheus"
 #: What the issue asks Prometheus to run with, plus exemplar storage (off by default).
 FLAGS = (
@@ -22,20 +23,13 @@ FLAGS = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class Prometheus:
     """``prometheus`` with a config and flags, serving on 127.0.0.1 on a free port."""
 
     def __init__(self, workdir: Path, config: str = "", flags: tuple[str, ...] = FLAGS) -> None:
         if not Path(BINARY).exists():
             pytest.skip("prometheus is not installed (apt-get install -y prometheus)")
-        self.port = free_port()
+        self.port = find_free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)
         config_file = workdir / "prometheus.yml"

@@ -222,11 +222,11 @@ def test_worker_serves_its_shards_on_metrics(
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from tests.integration.prometheus import free_port
+    from spanmetrics.kafka.broker import find_free_port
 
     suffix = redis_prefix[-8:]
     topic = f"spans-scrape-{suffix}"
-    port = free_port()
+    port = find_free_port()
     topology = tmp_path / "topology.yaml"
     topology.write_text(
         yaml.safe_dump(
