@@ -56,6 +56,7 @@ class PrometheusSinks:
                 self._scrape.append((converter, server))
         self._shards: dict[int, ExportMetricsServiceRequest] = {}
         self._telemetry = ExportMetricsServiceRequest()
+        self._last_push_ms = 0
 
     @property
     def enabled(self) -> bool:
@@ -105,8 +106,9 @@ class PrometheusSinks:
 
         return series
 
-    async def push(self) -> None:
-        """One remote write per sink of everything this worker publishes.
+    async def push(self, timestamp_ms: int) -> None:
+        """One remote write per sink of everything this worker publishes, stamped
+        ``timestamp_ms`` (made strictly increasing per worker).
 
         A failure (after the client's retries) is counted and logged, never raised: the
         next flush sends the newer cumulative state, so counts stay exact and only one
@@ -115,7 +117,7 @@ class PrometheusSinks:
         if not self._remote:
             return
         combined = self._combined()
-        now_ms = int(time.time() * 1000)
+        now_ms = self._last_push_ms = max(timestamp_ms, self._last_push_ms + 1)
         for converter, client in self._remote:
             body = encode_write_request(
                 converter.convert(combined, now_ms),

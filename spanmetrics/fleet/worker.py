@@ -251,6 +251,10 @@ class Worker:
     async def flush(self) -> None:
         """Checkpoint every owned partition, then publish every owned shard."""
         started = time.perf_counter()
+        # Prometheus samples are stamped before the checkpoints: a worker that stalls after
+        # checkpointing and sends late (a zombie) sends an older timestamp than the new
+        # owner, which Prometheus refuses as out of order instead of reading a reset.
+        sample_ms = int(time.time() * 1000)
         async with self._lock:
             saved = True
             for p in list(self._partitions):
@@ -278,7 +282,7 @@ class Worker:
             )
         self.stats.last_flush_seconds = time.perf_counter() - started
         await self._publish_telemetry()
-        await self.prometheus.push()
+        await self.prometheus.push(sample_ms)
         log.info(
             "%s: flush %.3fs partitions=%s series=%d %s",
             self.worker_id,
