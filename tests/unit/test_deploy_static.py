@@ -133,3 +133,11 @@ def test_kubernetes_objects_agree(k8s: dict[str, Any], compose: dict[str, Any]) 
     assert hpa["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     # More workers than input partitions would sit idle.
     assert hpa["maxReplicas"] <= created_topics(compose)[topology.source.topic]
+
+
+def test_lag_metric_of_the_hpa_is_exposed_by_the_adapter_rules(k8s: dict[str, Any]) -> None:
+    (external,) = [m for m in k8s["HorizontalPodAutoscaler"]["spec"]["metrics"]
+                   if m["type"] == "External"]  # fmt: skip
+    rules = load(K8S / "prometheus-adapter-values.yaml")["rules"]["external"]
+    assert external["external"]["metric"]["name"] in {r["name"]["as"] for r in rules}
+    assert all("spanmetrics_worker_consumer_lag" in r["metricsQuery"] for r in rules)
