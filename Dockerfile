@@ -1,12 +1,23 @@
-# The spanmetrics worker image: `docker build -t spanmetrics .`
+# The spanmetrics worker image: `docker build -t spanmetrics .` (compose/ builds it for you).
 FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY spanmetrics ./spanmetrics
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 spanmetrics
+RUN pip install --no-cache-dir . \
+    && groupadd --system --gid 10001 spanmetrics \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
+        --shell /usr/sbin/nologin spanmetrics \
+    && cd / && rm -rf /app
 
-USER spanmetrics
+# Numeric, so that Kubernetes' runAsNonRoot can verify it (deploy/kubernetes/deployment.yaml).
+# The worker writes only to /tmp (faust's scratch directory), which is also its home.
+USER 10001:10001
+WORKDIR /tmp
 # /metrics when the topology has a `prometheus` sink.
 EXPOSE 9464
 ENTRYPOINT ["spanmetrics"]
