@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TOPOLOGY ?= topologies/red.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo test lint fmt typecheck unit bench bench-fleet proto up down clean
+.PHONY: help install run demo test lint fmt typecheck unit simulate bench bench-fleet proto up down clean
 
 help: ## List the commands
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,10 @@ test: $(STAMP) ## Lint, type-check and run every test
 
 unit: $(STAMP) ## Run the tests only (no lint, no type-check)
 	$(BIN)/pytest
+
+SEEDS ?= 5000
+simulate: $(STAMP) ## The fleet's deterministic simulation over SEEDS seeds (default 5000)
+	SPANMETRICS_SIM_SEEDS=$(SEEDS) $(BIN)/pytest -q tests/simulation/test_simulation.py
 
 lint: $(STAMP) ## ruff lint
 	$(BIN)/ruff check spanmetrics tests benchmarks

@@ -238,11 +238,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     """Broker + load generator + worker, with the live view (``make run``)."""
     import asyncio
 
-    from spanmetrics.fleet.up import run_up
+    from spanmetrics.dev.up import run_up
 
     topology = _load(args.topology)
-    asyncio.run(run_up(args.topology, topology, args.rate, args.partitions, Path(args.run_dir)))
-    return 0
+    return asyncio.run(
+        run_up(
+            args.topology,
+            topology,
+            args.rate,
+            args.partitions,
+            Path(args.run_dir),
+            pod_churn_s=args.pod_churn,
+        )
+    )
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -310,6 +318,7 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
             seed=args.seed,
             pool_records=args.pool_records,
             pool_refresh_s=args.pool_refresh,
+            pod_churn_s=args.pod_churn,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -489,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start the embedded broker, a load generator and one worker on this "
         "machine, and show spans/s, series and the top services with calls/s, error %% and "
         "p50/p95/p99 read from the exponential histograms. Runs until Ctrl-C, then stops "
-        "everything it started.",
+        "everything it started. If a process dies, the run stops, shows the end of its log "
+        "and exits with status 1.",
     )
     up.add_argument(
         "--topology",
@@ -502,6 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--partitions", type=int, default=4, help="partitions of the span topic (default 4)"
     )
     up.add_argument("--run-dir", default=".run", help="where logs go (default .run)")
+    up.add_argument(
+        "--pod-churn",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how often a service of the load rolls out new pods (default: the load "
+        "generator's, 30)",
+    )
     up.set_defaults(func=cmd_up)
 
     brk = sub.add_parser(
@@ -612,6 +630,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         metavar="SECONDS",
         help="regenerate one pool group this often, 0 = never (default 1)",
+    )
+    gen.add_argument(
+        "--pod-churn",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="one service rolls out new pods (new resources, new series) this often, the "
+        "services taking turns, 0 = never (default 30)",
     )
     gen.add_argument(
         "--progress-interval",

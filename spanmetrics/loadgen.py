@@ -46,7 +46,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from spanmetrics.decode import ENCODINGS, Encoding
 from spanmetrics.kafka.admin import bootstrap_servers, ensure_topics
 from spanmetrics.model.enums import span_kind_name, status_code_name
-from spanmetrics.synth import SpanGenerator, encode_request
+from spanmetrics.synth import DEFAULT_SERVICES, SpanGenerator, encode_request
 
 __all__ = [
     "DEFAULT_RATE",
@@ -63,6 +63,7 @@ __all__ = [
     "expected_to_json",
     "load_expected",
     "make_chunk",
+    "pod_generations",
     "pool_size",
     "produce",
     "schedule",
@@ -197,6 +198,10 @@ class LoadgenConfig:
     #: Replace one pool group every this many seconds; 0 never refreshes (a run is then
     #: fully determined by the seed and the count of records sent).
     pool_refresh_s: float = 1.0
+    #: Every this many seconds one service rolls out new pods (the services take turns),
+    #: as deployments do in a cluster: new resources, so new series, and old ones that go
+    #: idle. 0: the pods never change.
+    pod_churn_s: float = 30.0
     #: Tokens saved up by the rate limiter, in seconds of ``rate``: the largest burst.
     burst_s: float = 0.1
     #: Bytes of records sent but not yet acknowledged before sending waits for acks.
@@ -220,6 +225,7 @@ class LoadgenConfig:
             ("partitions", self.partitions is None or self.partitions >= 1),
             ("pool_records", self.pool_records >= 1),
             ("pool_refresh_s", self.pool_refresh_s >= 0),
+            ("pod_churn_s", self.pod_churn_s >= 0),
             ("burst_s", self.burst_s > 0),
             ("max_in_flight_bytes", self.max_in_flight_bytes >= 1),
             ("linger_ms", self.linger_ms >= 0),
@@ -255,18 +261,38 @@ def _record(key: bytes | None, request: ExportTraceServiceRequest, encoding: str
     return PoolRecord(key, encode_request(request, encoding), counts.total(), counts)
 
 
+def pod_generations(config: LoadgenConfig, elapsed_s: float) -> list[int]:
+    """Rollouts of each service after ``elapsed_s`` seconds: one service every
+    ``pod_churn_s``, the last one first, then the one before it, and so on."""
+    n = len(DEFAULT_SERVICES)
+    if not config.pod_churn_s:
+        return [0] * n
+    turns = int(elapsed_s / config.pod_churn_s)
+    return [(turns + n - 1 - i) // n for i in range(n)]
+
+
 def make_chunk(
-    config: LoadgenConfig, index: int, n_spans: int | None = None, now_ns: int | None = None
+    config: LoadgenConfig,
+    index: int,
+    n_spans: int | None = None,
+    now_ns: int | None = None,
+    elapsed_s: float = 0.0,
 ) -> Chunk:
-    """Generate pool group ``index``: ``n_spans`` (default ``spans_per_record``) spans.
+    """Generate pool group ``index``: ``n_spans`` (default ``spans_per_record``) spans, with
+    the pods the services have ``elapsed_s`` seconds into the run.
 
     With ``nil`` keys one record of exactly ``n_spans`` spans; with ``trace-id`` keys one
     record per whole trace, traces added until they hold at least ``n_spans`` spans.
-    Deterministic for a given ``config.seed``, ``index`` and ``now_ns`` (default: now).
+    Deterministic for a given ``config.seed``, ``index``, ``now_ns`` (default: now) and
+    ``elapsed_s``.
     """
     n = config.spans_per_record if n_spans is None else n_spans
     start = (time.time_ns() if now_ns is None else now_ns) - _BACKDATE_NS
-    generator = SpanGenerator(seed=_chunk_seed(config.seed, index), start_unix_nano=start)
+    generator = SpanGenerator(
+        seed=_chunk_seed(config.seed, index),
+        start_unix_nano=start,
+        pods=(config.seed, pod_generations(config, elapsed_s)),
+    )
     if config.keys == "nil":
         return (_record(None, generator.batch_request(n), config.encoding),)
     records: list[PoolRecord] = []
@@ -478,12 +504,14 @@ def _build_pool(config: LoadgenConfig) -> tuple[list[Chunk], Chunk]:
 async def _refresh(chunks: list[Chunk], config: LoadgenConfig, stop: asyncio.Event) -> None:
     """Replace pool groups one at a time, oldest first, until ``stop``."""
     index = len(chunks)
+    started = time.monotonic()
     while not stop.is_set():
         await _sleep_or_stop(config.pool_refresh_s, stop)
         if stop.is_set():
             return
         # Generation runs in a thread so the event loop keeps sending meanwhile.
-        chunk = await asyncio.to_thread(make_chunk, config, index)
+        elapsed = time.monotonic() - started
+        chunk = await asyncio.to_thread(make_chunk, config, index, None, None, elapsed)
         chunks[index % len(chunks)] = chunk
         index += 1
 

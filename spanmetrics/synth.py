@@ -728,6 +728,7 @@ class SpanGenerator:
         attributes_per_span: int = 10,
         start_unix_nano: int = 1_700_000_000_000_000_000,
         sampled_fraction: float = 0.0,
+        pods: tuple[int, Sequence[int]] | None = None,
     ) -> None:
         """Build the service graph and the pods.
 
@@ -740,6 +741,11 @@ class SpanGenerator:
             start_unix_nano: start time of the first trace.
             sampled_fraction: fraction of traces whose spans carry ``tracestate``
                 ``ot=th:8`` or ``ot=th:c`` (sampled at 50% or 25%).
+            pods: ``(pod_seed, generations)``: draw each service's pods from its own
+                seed, ``pod_seed`` and the service's generation (its rollouts so far, in
+                the order of ``services``), instead of from ``seed``. Generators with the
+                same pods then share them, whatever their ``seed``; a service whose
+                generation changes gets new pods, as after a rollout.
 
         Raises:
             ValueError: for an inconsistent catalogue or out-of-range arguments.
@@ -758,7 +764,16 @@ class SpanGenerator:
         self._sampled_fraction = sampled_fraction
         self._scopes: list[Scope] = []
         self._scope_index: dict[Scope, int] = {}
-        self._resources = [self._make_pods(s) for s in self._services]
+        if pods is None:
+            self._resources = [self._make_pods(s, self._rng) for s in self._services]
+        else:
+            pod_seed, generations = pods
+            if len(generations) != len(self._services):
+                raise ValueError("pods: one generation per service is needed")
+            self._resources = [
+                self._make_pods(s, random.Random(f"{pod_seed}/{s.name}/{g}"))
+                for s, g in zip(self._services, generations, strict=True)
+            ]
         self._nodes = self._resolve()
         roots = [n for n in self._nodes.values() if n.op.root_weight > 0]
         if not roots:
@@ -775,9 +790,8 @@ class SpanGenerator:
             self._scopes.append(scope)
         return idx
 
-    def _make_pods(self, service: ServiceProfile) -> list[bytes]:
+    def _make_pods(self, service: ServiceProfile, r: random.Random) -> list[bytes]:
         """Serialised resources of the service's pods (a Deployment's ReplicaSet)."""
-        r = self._rng
         rs_hash = "".join(r.choice(_POD_CHARS) for _ in range(10))
         resources = []
         for _ in range(self._pods):

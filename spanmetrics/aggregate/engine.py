@@ -13,7 +13,7 @@ Time semantics (OTel data model, "Temporality"), with T0 the creation of a serie
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import cast
@@ -149,10 +149,36 @@ _DURATION = itemgetter(1)
 _STATE = itemgetter(2)
 
 
+class _Lazy:
+    """The spans of a request, read only if an item is asked for."""
+
+    def __init__(
+        self, read: Callable[[list[_KeptResource]], list[Span]], kept: list[_KeptResource]
+    ) -> None:
+        self._read = read
+        self._kept = kept
+        self._spans: list[Span] | None = None
+
+    def __getitem__(self, i: int) -> Span:
+        if self._spans is None:
+            self._spans = self._read(self._kept)
+        return self._spans[i]
+
+
 #: Resources remembered by their serialized bytes before the cache is cleared.
 _RESOURCE_CACHE_LIMIT = 10_000
 #: Scope names remembered (see ``SpanMetricsEngine._may_hold_dimensions``) before clearing.
 _SCOPE_MEMORY_LIMIT = 10_000
+
+
+def explicit_bounds(config: SpanMetricsConfig) -> tuple[float, ...] | None:
+    """Bounds of the explicit duration histogram in the metric's unit; None when the
+    histogram is exponential (or disabled)."""
+    hist = config.histogram
+    if hist.disable or hist.explicit is None:
+        return None
+    ms_per_unit = _NS_PER_UNIT[hist.unit] / 1e6
+    return tuple(b / ms_per_unit for b in hist.explicit.buckets)
 
 
 class SpanMetricsEngine:
@@ -198,9 +224,8 @@ class SpanMetricsEngine:
         hist = config.histogram
         if hist.disable:
             return None
-        if hist.explicit is not None:
-            ms_per_unit = self._ns_per_unit / 1e6
-            bounds = tuple(b / ms_per_unit for b in hist.explicit.buckets)
+        bounds = explicit_bounds(config)
+        if bounds is not None:
             return ExplicitHistogramColumns(bounds, growth=_TABLE_GROWTH)
         return ExpoHistogramColumns(hist.max_size, growth=_TABLE_GROWTH)
 
@@ -258,7 +283,10 @@ class SpanMetricsEngine:
         weights: list[int] | None = None
         if self.config.span_multiplier_key or any(map(_STATE, read)):
             states: list[str] = list(map(_STATE, read))
-            weights = self._weights(states, keys, spans, resource_spans, resources)
+            weights = self._weights(
+                states, keys, spans if spans is not None else _Lazy(self._spans, kept),
+                resource_spans, resources,
+            )  # fmt: skip
         pending = self._pending
         pending.add(rows, durations, weights, now)
         if spans is not None:
@@ -483,7 +511,7 @@ class SpanMetricsEngine:
         self,
         states: list[str],
         keys: list[SpanKey],
-        spans: Sequence[Span] | None,
+        spans: Sequence[Span] | _Lazy,
         resource_spans: Sequence[ResourceSpans],
         resources: list[_ResourceEntry],
     ) -> list[int]:
@@ -501,7 +529,7 @@ class SpanMetricsEngine:
             if count is None:
                 count = cache[tracestate] = adjusted_count(tracestate)
             multiplier = multipliers.get(keys[i][0])  # type: ignore[call-overload]
-            if key and spans is not None:
+            if key:
                 for kv in spans[i].attributes:
                     if kv.key == key:
                         parsed = parse_multiplier(any_value_to_number(kv.value))
@@ -515,8 +543,9 @@ class SpanMetricsEngine:
             if count == 1.0:
                 weights.append(1)
             else:
-                span_id = spans[i].span_id if spans is not None else b""
-                weights.append(stochastic_round(count, span_id))
+                # The span id is the random draw: it must be read even when nothing else
+                # of the span is (without it every count would round the same way).
+                weights.append(stochastic_round(count, spans[i].span_id))
         if len(cache) > 10_000:
             # Tracestates are few in practice; bound the cache against odd producers.
             self._adjusted_cache = {"": 1.0}

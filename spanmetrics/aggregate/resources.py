@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import zlib
 from collections.abc import Iterable
 
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
@@ -55,3 +57,14 @@ def service_identity(resource: Resource) -> tuple[str, str, str]:
             values[kv.key] = any_value_to_str(kv.value)
     namespace, name, instance = (values[k] for k in SERVICE_IDENTITY_KEYS)
     return namespace, name, instance
+
+
+def shard_of(identity: tuple[object, ...], shards: int) -> int:
+    """Shard of a key: a hash that is the same in every process and every run."""
+    return zlib.crc32(repr(identity).encode("utf-8")) % shards
+
+
+def stable_id(key: object) -> bytes:
+    """A 16-byte id of a key (a resource identity, a series key), the same in every process:
+    a name for it in stored state that is short whatever the key's size."""
+    return hashlib.blake2b(repr(key).encode("utf-8"), digest_size=16).digest()

@@ -24,6 +24,10 @@ DEFAULT_DEAD_LETTER_TOPIC: Final = "otlp_spans_dlq"
 DEFAULT_STATE_URL: Final = "memory://"
 #: Output topic that the Collector's Kafka receiver reads metrics from.
 DEFAULT_METRICS_TOPIC: Final = "otlp_metrics"
+#: Largest record a Kafka sink sends, as the Kafka exporter's ``producer.max_message_bytes``
+#: (and Kafka's default ``message.max.bytes``, about 1 MB). The fleet's internal topic
+#: uses it too.
+DEFAULT_MAX_MESSAGE_BYTES: Final = 1_000_000
 
 #: Metric name prefix, as in the connector since v0.109.
 DEFAULT_NAMESPACE: Final = "traces.span.metrics"

@@ -235,6 +235,13 @@ class SourceConfig(_Strict):
     """Topic for records that cannot be decoded."""
 
 
+class KafkaProducerConfig(_Strict):
+    """Producer settings of a Kafka sink, as the Collector's Kafka exporter names them."""
+
+    max_message_bytes: int = Field(default=defaults.DEFAULT_MAX_MESSAGE_BYTES, ge=4096)
+    """Largest record sent: a flush's metrics are split into as many records as needed."""
+
+
 class KafkaSinkConfig(_Strict):
     """OTLP metrics to a Kafka topic, as the Collector's Kafka receiver reads them."""
 
@@ -242,6 +249,14 @@ class KafkaSinkConfig(_Strict):
     """Output topic."""
     encoding: Encoding = defaults.DEFAULT_ENCODING
     """``otlp_proto`` or ``otlp_json``."""
+    producer: KafkaProducerConfig = KafkaProducerConfig()
+    """Producer settings (``max_message_bytes``)."""
+
+    @field_validator("producer", mode="before")
+    @classmethod
+    def _empty_producer(cls, value: object) -> object:
+        # `producer:` with nothing under it means "all defaults", as in Collector configs.
+        return {} if value is None else value
 
 
 NamingProfile = Literal["otel", "tempo"]

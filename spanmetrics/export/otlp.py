@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -19,9 +20,18 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 
 from spanmetrics import __version__
+from spanmetrics.aggregate.attributes import any_value_to_str
 from spanmetrics.aggregate.explicit import ExplicitHistogram
 from spanmetrics.aggregate.expohist import ExpoHistogram
-from spanmetrics.aggregate.points import Attributes, Exemplar, MetricsSnapshot, SeriesPoint
+from spanmetrics.aggregate.points import (
+    Attributes,
+    EventsPoint,
+    Exemplar,
+    MetricNames,
+    MetricsSnapshot,
+    ResourcePoints,
+    SeriesPoint,
+)
 from spanmetrics.model.enums import Temporality
 from spanmetrics.otlpjson import message_to_otlp_json
 
@@ -159,3 +169,210 @@ def encode_metrics(request: ExportMetricsServiceRequest, encoding: str) -> bytes
     if encoding == "otlp_json":
         return message_to_otlp_json(request)
     raise ValueError(f"unknown encoding {encoding!r}, expected 'otlp_proto' or 'otlp_json'")
+
+
+def split_request(
+    request: ExportMetricsServiceRequest, max_bytes: int
+) -> list[ExportMetricsServiceRequest]:
+    """``request`` as requests of at most ``max_bytes`` serialized bytes each.
+
+    Resources are kept whole where they fit; a resource too large for one request is
+    split by data points, each part repeating the resource and scope. Every data point
+    goes to exactly one request.
+
+    Raises:
+        ValueError: a single data point (with its resource) exceeds ``max_bytes``.
+    """
+    if request.ByteSize() <= max_bytes:
+        return [request]
+    out: list[ExportMetricsServiceRequest] = []
+    current = ExportMetricsServiceRequest()
+    size = 0
+    for rm in request.resource_metrics:
+        rm_size = _field_size(rm.ByteSize())
+        if rm_size > max_bytes:
+            if size:
+                out.append(current)
+                current, size = ExportMetricsServiceRequest(), 0
+            out.extend(_split_resource(rm, max_bytes))
+            continue
+        if size + rm_size > max_bytes:
+            out.append(current)
+            current, size = ExportMetricsServiceRequest(), 0
+        current.resource_metrics.add().CopyFrom(rm)
+        size += rm_size
+    if size:
+        out.append(current)
+    return out
+
+
+def _field_size(n: int) -> int:
+    """Bytes of a length-delimited field of ``n`` bytes: tag, length varint, payload."""
+    return 1 + max(1, (n.bit_length() + 6) // 7) + n
+
+
+_DATA_KINDS = ("sum", "gauge", "histogram", "exponential_histogram")
+
+
+def _split_resource(rm: Any, max_bytes: int) -> list[ExportMetricsServiceRequest]:
+    """One resource's data points over as many requests as needed."""
+    out: list[ExportMetricsServiceRequest] = []
+    resource_size = _field_size(rm.resource.ByteSize()) + 16  # + framing of the wrappers
+    part: Any = None  # the ResourceMetrics being filled
+    size = 0
+    for sm in rm.scope_metrics:
+        scope_size = _field_size(sm.scope.ByteSize())
+        target: Any = None  # its ScopeMetrics for ``sm``
+        for metric in sm.metrics:
+            kind = metric.WhichOneof("data")
+            if kind not in _DATA_KINDS:
+                continue
+            source = getattr(metric, kind)
+            metric_size = _field_size(len(metric.name) + len(metric.unit) + 16)
+            copy: Any = None  # its Metric for ``metric``
+            for point in source.data_points:
+                point_size = _field_size(point.ByteSize())
+                if part is not None and size + point_size > max_bytes:
+                    part = None
+                if part is None:
+                    request = ExportMetricsServiceRequest()
+                    out.append(request)
+                    part = request.resource_metrics.add()
+                    part.resource.CopyFrom(rm.resource)
+                    size, target, copy = resource_size, None, None
+                if target is None:
+                    target = part.scope_metrics.add()
+                    target.scope.CopyFrom(sm.scope)
+                    size += scope_size
+                if copy is None:
+                    copy = target.metrics.add(
+                        name=metric.name, description=metric.description, unit=metric.unit
+                    )
+                    data = getattr(copy, kind)
+                    if kind != "gauge":
+                        data.aggregation_temporality = source.aggregation_temporality
+                    if kind == "sum":
+                        data.is_monotonic = source.is_monotonic
+                    size += metric_size
+                if size + point_size > max_bytes:
+                    raise ValueError(f"one data point needs {size + point_size} bytes")
+                getattr(copy, kind).data_points.add().CopyFrom(point)
+                size += point_size
+    return out
+
+
+def encode_records(
+    request: ExportMetricsServiceRequest, encoding: str, max_bytes: int
+) -> list[bytes]:
+    """``request`` as Kafka record values of at most ``max_bytes`` each, in ``encoding``.
+
+    Raises:
+        ValueError: unknown encoding, or a single data point too large for ``max_bytes``.
+    """
+    if encoding == "otlp_proto":
+        return [r.SerializeToString() for r in split_request(request, max_bytes)]
+    payload = encode_metrics(request, encoding)
+    if len(payload) <= max_bytes:
+        return [payload]
+    # JSON is larger than protobuf by a ratio that depends on the content: split by the
+    # protobuf size scaled by the ratio seen, and again where a part still does not fit.
+    proto_size = request.ByteSize()
+    budget = max(1, int(max_bytes * proto_size / len(payload) * 0.9))
+    parts = split_request(request, budget)
+    if len(parts) == 1:
+        raise ValueError(f"one data point needs more than {max_bytes} bytes in {encoding}")
+    return [record for part in parts for record in encode_records(part, encoding, max_bytes)]
+
+
+def request_to_snapshot(
+    request: ExportMetricsServiceRequest, names: MetricNames, max_size: int
+) -> MetricsSnapshot:
+    """Read back what :func:`snapshot_to_request` writes (our metrics, by ``names``).
+
+    A series' calls and duration points are joined by their attributes; other metrics are
+    ignored. The temporality is that of the first sum found (cumulative when none).
+    """
+    temporality: Temporality | None = None
+    out: list[ResourcePoints] = []
+    for rm in request.resource_metrics:
+        series: dict[Attributes, list[Any]] = {}
+        events: list[EventsPoint] = []
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name in (names.calls, names.events) and metric.HasField("sum"):
+                    if temporality is None:
+                        temporality = _FROM_OTLP.get(
+                            metric.sum.aggregation_temporality, Temporality.CUMULATIVE
+                        )
+                    for p in metric.sum.data_points:
+                        labels = _labels(p.attributes)
+                        if metric.name == names.events:
+                            events.append(
+                                EventsPoint(
+                                    labels, p.start_time_unix_nano, p.time_unix_nano, p.as_int
+                                )
+                            )
+                        else:
+                            entry = series.setdefault(labels, [0, 0, 0, None, ()])
+                            entry[0:3] = [p.start_time_unix_nano, p.time_unix_nano, p.as_int]
+                elif metric.name == names.duration:
+                    for ep in metric.exponential_histogram.data_points:
+                        entry = series.setdefault(_labels(ep.attributes), [0, 0, 0, None, ()])
+                        entry[3] = _expo_from_point(ep, max_size)
+                        entry[4] = _exemplars_of(ep)
+                    for hp in metric.histogram.data_points:
+                        entry = series.setdefault(_labels(hp.attributes), [0, 0, 0, None, ()])
+                        entry[3] = _explicit_from_point(hp)
+                        entry[4] = _exemplars_of(hp)
+        points = ResourcePoints(rm.resource)
+        points.series = [
+            SeriesPoint(labels, start, end, calls, hist, exemplars)
+            for labels, (start, end, calls, hist, exemplars) in series.items()
+        ]
+        points.events = events
+        out.append(points)
+    return MetricsSnapshot(
+        names, temporality or Temporality.CUMULATIVE, 0, [r for r in out if r.series or r.events]
+    )
+
+
+_FROM_OTLP = {value: key for key, value in _TEMPORALITY.items()}
+
+
+def _labels(attributes: Iterable[KeyValue]) -> Attributes:
+    return tuple((kv.key, any_value_to_str(kv.value)) for kv in attributes)
+
+
+def _exemplars_of(
+    point: ExponentialHistogramDataPoint | HistogramDataPoint,
+) -> tuple[Exemplar, ...]:
+    return tuple(
+        Exemplar(e.trace_id, e.span_id, e.as_double, e.time_unix_nano) for e in point.exemplars
+    )
+
+
+def _expo_from_point(point: ExponentialHistogramDataPoint, max_size: int) -> ExpoHistogram:
+    known = point.count > 0
+    return ExpoHistogram(
+        max_size=max_size,
+        scale=point.scale,
+        zero_count=point.zero_count,
+        count=point.count,
+        sum=point.sum,
+        min=point.min if point.HasField("min") else (math.nan if known else math.inf),
+        max=point.max if point.HasField("max") else (math.nan if known else -math.inf),
+        offset=point.positive.offset if point.positive.bucket_counts else 0,
+        counts=list(point.positive.bucket_counts),
+    )
+
+
+def _explicit_from_point(point: HistogramDataPoint) -> ExplicitHistogram:
+    known = point.count > 0
+    return ExplicitHistogram(
+        bounds=tuple(point.explicit_bounds),
+        counts=list(point.bucket_counts),
+        count=point.count,
+        sum=point.sum,
+        min=point.min if point.HasField("min") else (math.nan if known else math.inf),
+        max=point.max if point.HasField("max") else (math.nan if known else -math.inf),
+    )

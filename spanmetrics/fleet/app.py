@@ -1,17 +1,20 @@
-"""The faust-streaming runtime of a worker: consumer group, agent, flush timer, shutdown.
+"""The faust-streaming runtime of a worker: consumer group, agents, flush timer, shutdown.
 
 Faust owns the Kafka side: group membership, rebalances, fetching and the event loop. The
 :class:`~spanmetrics.fleet.worker.Worker` owns everything that must be exact. The seams:
 
-- the agent hands every input record to :meth:`Worker.consume`;
-- the ``on_partitions_assigned`` / ``on_partitions_revoked`` signals call
-  :meth:`Worker.assign` / :meth:`Worker.revoke`;
+- one agent hands every record of the input topic, another every record of the internal
+  topic (``<group>-spanmetrics-deltas``), to :meth:`Worker.consume`; the group spreads the
+  partitions of both over its members;
+- a rebalance calls :meth:`Worker.revoke` (faust's ``on_partitions_revoked`` signal, sent
+  once the agents are idle) and :meth:`Worker.assign` (before faust resumes fetching, see
+  ``_App._on_partitions_assigned``);
 - a timer calls :meth:`Worker.flush` every ``metrics_flush_interval``;
-- the input topic is declared with ``acks=False``, so faust never commits offsets of its
-  own. The worker commits each partition's checkpoint offset after the checkpoint is
-  saved, and again when it takes the partition over, so that faust's seek to the committed
-  offset after a rebalance lands exactly on the checkpoint. Nothing exact depends on the
-  commit: records below the checkpoint offset are skipped whatever faust delivers.
+- both topics are declared with ``acks=False``, so faust never commits offsets of its
+  own. The worker commits positions after its checkpoints, and again when it takes a
+  partition over, so that faust's seek to the committed offset after a rebalance lands
+  exactly on the checkpoint. Nothing exact depends on the commit: records below the
+  checkpoint are skipped whatever faust delivers.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
 from spanmetrics.config.model import Topology
-from spanmetrics.fleet.worker import Headers, Worker
-from spanmetrics.kafka.admin import topic_partitions
-from spanmetrics.kafka.broker import find_free_port
+from spanmetrics.fleet.worker import INTERNAL_MAX_RECORD_BYTES, Headers, Worker
+from spanmetrics.kafka.admin import ensure_topics, topic_partitions
+from spanmetrics.net import find_free_port
 
 log = logging.getLogger("spanmetrics.worker")
 
@@ -46,19 +49,18 @@ GROUP_TIMEOUT_S = 10.0
 class _Positions:
     """Commits and high watermarks through faust's consumer."""
 
-    def __init__(self, app: faust.App, topic: str) -> None:
+    def __init__(self, app: faust.App) -> None:
         self._app = app
-        self._topic = topic
 
-    async def commit(self, offsets: dict[int, int]) -> None:
-        # faust's public commit() commits what its streams acked; our topic has acks off,
-        # so the consumer's underlying commit is called with the checkpoint's offsets.
+    async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        # faust's public commit() commits what its streams acked; our topics have acks off,
+        # so the consumer's underlying commit is called with the checkpoints' offsets.
         consumer: Any = self._app.consumer
-        await consumer._commit({TP(self._topic, p): offset for p, offset in offsets.items()})
+        await consumer._commit({TP(topic, p): offset for (topic, p), offset in offsets.items()})
 
-    def highwater(self, partition: int) -> int | None:
+    def highwater(self, topic: str, partition: int) -> int | None:
         try:
-            value = self._app.consumer.highwater(TP(self._topic, partition))
+            value = self._app.consumer.highwater(TP(topic, partition))
         except Exception:  # unknown before the first fetch
             return None
         return int(value) if value is not None and value >= 0 else None
@@ -67,13 +69,18 @@ class _Positions:
 class _Sender:
     """The worker's own aiokafka producer (faust's is reserved for faust's topics)."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, max_record_bytes: int) -> None:
         self._bootstrap = bootstrap
+        self._max_request_size = max_record_bytes + 64 * 1024  # + batch and record framing
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
         """Connect (on the running loop, which aiokafka binds to)."""
-        self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, linger_ms=5)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            linger_ms=5,
+            max_request_size=self._max_request_size,
+        )
         await self._producer.start()
 
     async def stop(self) -> None:
@@ -81,17 +88,49 @@ class _Sender:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def send(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> None:
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: Headers,
+        partition: int | None = None,
+    ) -> None:
         if self._producer is None:
             raise RuntimeError("producer used before the app started")
-        await self._producer.send_and_wait(topic, value=value, key=key, headers=list(headers))
+        await self._producer.send_and_wait(
+            topic, value=value, key=key, headers=list(headers), partition=partition
+        )
 
 
 class _App(faust.App):
-    """A faust app that flushes and checkpoints before faust stops its consumer."""
+    """A faust app that takes partitions over before faust resumes reading them, and
+    flushes and checkpoints before faust stops its consumer."""
 
     spanmetrics_worker: Worker
     spanmetrics_sender: _Sender
+    spanmetrics_topics: tuple[str, ...] = ()
+
+    async def _on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        # Before faust's own handler: that one starts the recovery service, which seeks to
+        # the committed offsets and resumes fetching concurrently with faust's
+        # ``on_partitions_assigned`` signal. Taking the partitions over first means every
+        # record faust delivers is for a partition the worker already owns, read from the
+        # position it committed.
+        if not self.should_stop:
+            try:
+                await self.spanmetrics_worker.assign(
+                    sorted(
+                        (tp.topic, tp.partition)
+                        for tp in assigned
+                        if tp.topic in self.spanmetrics_topics
+                    )
+                )
+            except Exception as exc:
+                log.exception("taking partitions over failed")
+                await self.crash(exc)
+                return
+        await super()._on_partitions_assigned(assigned, generation_id)
 
     async def on_start(self) -> None:
         await self.spanmetrics_sender.start()
@@ -102,17 +141,17 @@ class _App(faust.App):
         # Runs before faust leaves the group (faust skips the revoke callback once it is
         # stopping), so the last records read are checkpointed by their owner.
         try:
-            await self.spanmetrics_worker.flush()
+            await self.spanmetrics_worker.stop()
         except Exception:
-            log.exception("final flush failed; the next owner resumes from the last checkpoint")
+            log.exception("final flush failed; the next owners resume from the last checkpoints")
         await super().on_stop()
         await self.spanmetrics_sender.stop()
         await self.spanmetrics_worker.prometheus.stop()
         await self.spanmetrics_worker.store.close()
 
 
-def build_app(worker: Worker, n_partitions: int, datadir: str) -> faust.App:
-    """The faust app of one worker: its agent, timer and rebalance handlers."""
+def build_app(worker: Worker, n_shards: int, datadir: str) -> faust.App:
+    """The faust app of one worker: its agents, timer and rebalance handlers."""
     topology: Topology = worker.topology
     source = topology.source
     app = _App(
@@ -137,18 +176,23 @@ def build_app(worker: Worker, n_partitions: int, datadir: str) -> faust.App:
         web_bind="127.0.0.1",
     )
     app.spanmetrics_worker = worker
-    app.spanmetrics_sender = _Sender(worker.bootstrap)
-    worker.attach(_Positions(app, source.topic), app.spanmetrics_sender, n_partitions)
+    max_record = max(worker.output.max_message_bytes, INTERNAL_MAX_RECORD_BYTES)
+    app.spanmetrics_sender = _Sender(worker.bootstrap, max_record)
+    worker.attach(_Positions(app), app.spanmetrics_sender, n_shards)
     spans = app.topic(source.topic, key_type=bytes, value_type=bytes, acks=False)
+    deltas = app.topic(worker.deltas_topic, key_type=bytes, value_type=bytes, acks=False)
 
-    @app.agent(spans)
     async def consume(stream: Any) -> AsyncIterator[None]:
         async for event in stream.events():
             message = event.message
             await worker.consume(
-                message.partition, message.offset, message.value, message.key, message.topic
+                message.topic, message.partition, message.offset, message.key, message.value
             )
         yield None  # pragma: no cover - makes this an async generator, as faust expects
+
+    # Two agents, so that applying deltas never waits behind reading spans.
+    app.agent(spans, name="spanmetrics.spans")(consume)
+    app.agent(deltas, name="spanmetrics.deltas")(consume)
 
     async def flush() -> None:
         await worker.flush()
@@ -156,32 +200,41 @@ def build_app(worker: Worker, n_partitions: int, datadir: str) -> faust.App:
     # faust's timer decorator is untyped; registering through it keeps mypy strict here.
     app.timer(topology.spanmetrics.metrics_flush_interval)(flush)
 
-    def ours(partitions: Set[TP]) -> list[int]:
-        return sorted(tp.partition for tp in partitions if tp.topic == source.topic)
+    app.spanmetrics_topics = (source.topic, worker.deltas_topic)
 
-    async def assigned(sender: Any, *args: Any, signal: Any = None, **_: Any) -> None:
-        await worker.assign(ours(args[0]))
+    def ours(partitions: Set[TP]) -> list[tuple[str, int]]:
+        topics = app.spanmetrics_topics
+        return sorted((tp.topic, tp.partition) for tp in partitions if tp.topic in topics)
 
     async def revoked(sender: Any, *args: Any, signal: Any = None, **_: Any) -> None:
         await worker.revoke(ours(args[0]))
 
     # (faust types receivers as plain functions; coroutine receivers are awaited all the same)
-    app.on_partitions_assigned.connect(cast(Any, assigned))
+    # (Assignments are taken in _App._on_partitions_assigned.)
     app.on_partitions_revoked.connect(cast(Any, revoked))
 
     return app
 
 
-def run_app(worker: Worker) -> None:
-    """Run the worker under faust until SIGTERM or SIGINT (blocking)."""
+async def prepare_topics(worker: Worker) -> int:
+    """Check the input topic and create the internal topic if missing; returns the number
+    of shards (the internal topic's partitions: the input's partition count when it is
+    created, fixed from then on)."""
     source = worker.topology.source
-    n_partitions = asyncio.run(topic_partitions(worker.bootstrap, source.topic)) or 0
+    n_partitions = await topic_partitions(worker.bootstrap, source.topic) or 0
     if n_partitions <= 0:
         raise SystemExit(f"source.topic: topic {source.topic!r} does not exist on the broker")
+    counts = await ensure_topics(worker.bootstrap, {worker.deltas_topic: n_partitions})
+    return counts[worker.deltas_topic]
+
+
+def run_app(worker: Worker) -> None:
+    """Run the worker under faust until SIGTERM or SIGINT (blocking)."""
+    n_shards = asyncio.run(prepare_topics(worker))
     datadir = tempfile.mkdtemp(prefix=f"spanmetrics-{worker.worker_id}-")
     asyncio.set_event_loop(asyncio.new_event_loop())  # the one faust and aiokafka will use
     try:
-        app = build_app(worker, n_partitions, datadir)
+        app = build_app(worker, n_shards, datadir)
         faust_worker = faust.Worker(
             app, loglevel="WARNING", quiet=True, redirect_stdouts=False, override_logging=False
         )

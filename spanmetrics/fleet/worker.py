@@ -1,14 +1,17 @@
-"""One fleet worker: consume span records, checkpoint, publish owned shards.
+"""One fleet worker: both stages of the fleet, for the partitions it owns.
 
-See README "How the numbers stay exact". In short, per owned input partition P the worker
-runs a delta engine; every flush interval it folds the engine's delta into P's cumulative
-shards and checkpoints them with P's next offset (atomic, fenced). Then, for every shard it
-owns (shard s belongs to the owner of partition s), it merges shard s of every partition's
-checkpoint and publishes the result.
+See README "How the numbers stay exact". A worker owns some partitions of the input topic
+(stage 1, :class:`~spanmetrics.fleet.partition.InputPartition`) and some partitions of the
+internal topic, the shards (stage 2, :class:`~spanmetrics.fleet.shard.ShardOwner`). Each
+flush it cuts its input partitions into per-shard deltas, and checkpoints and publishes its
+shards.
 
 The worker does not talk to the consumer group itself: a runtime (faust, in
-``fleet/app.py``) delivers records to :meth:`Worker.consume`, rebalances to
-:meth:`Worker.assign` / :meth:`Worker.revoke`, and calls :meth:`Worker.flush` on a timer.
+``fleet/app.py``, or the in-process simulation in the tests) delivers records of both
+topics to :meth:`Worker.consume`, rebalances to :meth:`Worker.assign` /
+:meth:`Worker.revoke`, and calls :meth:`Worker.flush` on a timer. Whatever way a worker
+loses a partition or a shard (revoked, fenced by a new owner, stopping), it goes through
+one release method.
 """
 
 from __future__ import annotations
@@ -17,64 +20,74 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from spanmetrics.aggregate.cumulative import CumulativeShard, shard_of
 from spanmetrics.aggregate.engine import (
+    CARDINALITY_OVERFLOW,
     DROPPED_MISSING_SERVICE_NAME,
     SPANS_RECEIVED,
     SpanMetricsEngine,
+    explicit_bounds,
 )
-from spanmetrics.aggregate.points import MetricsSnapshot
-from spanmetrics.aggregate.resources import resource_identity, service_identity
+from spanmetrics.aggregate.points import MetricNames
+from spanmetrics.aggregate.registry import SeriesRegistry
+from spanmetrics.config.defaults import DEFAULT_MAX_MESSAGE_BYTES
 from spanmetrics.config.model import Topology
 from spanmetrics.decode import REASONS as DECODE_REASONS
 from spanmetrics.decode import DecodeError
-from spanmetrics.export.otlp import encode_metrics, snapshot_to_request
+from spanmetrics.export.otlp import encode_records
+from spanmetrics.fleet.output import KafkaOutput
+from spanmetrics.fleet.partition import InputPartition, ShardRecord, cut_records
 from spanmetrics.fleet.prometheus_sinks import PrometheusSinks
+from spanmetrics.fleet.shard import APPLIED, DUPLICATE, ShardOwner
 from spanmetrics.fleet.telemetry import telemetry_request
+from spanmetrics.fleet.topics import deltas_topic
 from spanmetrics.kafka.admin import bootstrap_servers
 from spanmetrics.model.clock import Clock
-from spanmetrics.state.store import FencedError, StateStore
+from spanmetrics.state.codec import CodecError, HistogramSpec, OutputRecord
+from spanmetrics.state.store import Cut, FencedError, StateStore
 
 log = logging.getLogger("spanmetrics.worker")
 
 #: Kafka record headers: (name, value) pairs.
 Headers = Sequence[tuple[str, bytes]]
+#: (topic, partition).
+TopicPartition = tuple[str, int]
+
+#: Backoff between retries of a cut that must happen before reading goes on, and of a dead
+#: letter.
+_RETRY_MIN_S, _RETRY_MAX_S = 0.5, 10.0
+#: Sends of a dead letter before it is counted as lost.
+_DEAD_LETTER_ATTEMPTS = 5
+
+#: Largest record of the internal topic (Kafka's default ``message.max.bytes``, about 1 MB).
+INTERNAL_MAX_RECORD_BYTES = DEFAULT_MAX_MESSAGE_BYTES
 
 
 class Positions(Protocol):
     """What the worker needs from the consumer runtime that delivers its records."""
 
-    async def commit(self, offsets: dict[int, int]) -> None:
-        """Commit next-offsets of input partitions to the consumer group (a position hint)."""
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit next-offsets to the consumer group (a position hint: checkpoints decide)."""
 
-    def highwater(self, partition: int) -> int | None:
-        """The broker's last known high watermark of an input partition, if any."""
+    def highwater(self, topic: str, partition: int) -> int | None:
+        """The broker's last known high watermark of a partition, if any."""
 
 
 class Sender(Protocol):
     """A Kafka producer."""
 
-    async def send(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> None:
-        """Send one record and wait for the broker's acknowledgement."""
-
-
-@dataclass(slots=True)
-class _Partition:
-    """An owned input partition."""
-
-    epoch: int
-    engine: SpanMetricsEngine
-    next_offset: int
-    shards: dict[int, CumulativeShard] = field(default_factory=dict)
-    #: Records consumed since the last successful checkpoint.
-    dirty: bool = False
-    #: Shards changed since the last successful checkpoint. Kept until a save succeeds,
-    #: so a failed write (Redis unreachable) is not forgotten by the next one.
-    unsaved: set[int] = field(default_factory=set)
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: Headers,
+        partition: int | None = None,
+    ) -> None:
+        """Send one record (to ``partition``, or the key's) and wait for the acknowledgement."""
 
 
 @dataclass(slots=True)
@@ -82,13 +95,13 @@ class WorkerStats:
     """Self-telemetry, also logged at each flush."""
 
     counters: Counter[str] = field(default_factory=Counter)
-    last_checkpoint_unix: float = 0.0
+    last_checkpoint_ns: int = 0
     last_flush_seconds: float = 0.0
     active_series: int = 0
 
 
 class Worker:
-    """A fleet member's exact state: owned partitions, their checkpoints, and publishing."""
+    """A fleet member: its input partitions, its shards, their checkpoints and output."""
 
     def __init__(
         self,
@@ -104,19 +117,29 @@ class Worker:
         self.bootstrap = bootstrap_servers(broker or topology.source.broker)
         self.worker_id = worker_id
         sm = topology.spanmetrics
-        # Partitions aggregate deltas; cumulative or delta output is made when publishing.
-        self._engine_config = sm.model_copy(
-            update={"aggregation_temporality": "AGGREGATION_TEMPORALITY_DELTA"}
+        # Stage 1 only pre-aggregates: limits and expiry are decided by the series' owner.
+        self._stage1_config = sm.model_copy(
+            update={
+                "aggregation_temporality": "AGGREGATION_TEMPORALITY_DELTA",
+                "aggregation_cardinality_limit": 0,
+                "series_expiration": 0.0,
+                "metrics_expiration": 0.0,
+            }
         )
-        self._output_delta = sm.is_delta
+        self._delta_output = sm.is_delta
         self._key_attributes = frozenset(sm.resource_metrics_key_attributes)
-        self._max_size = sm.histogram.max_size
-        probe = SpanMetricsEngine(self._engine_config, clock)
-        self.names = probe.names
-        self._partitions: dict[int, _Partition] = {}
-        self._n_partitions = 0
+        self._spec = HistogramSpec(sm.histogram.max_size, explicit_bounds(sm))
+        self.names = MetricNames.for_namespace(sm.namespace, sm.histogram.unit)
+        self.source_topic = topology.source.topic
+        self.deltas_topic = deltas_topic(topology.source.group)
+        self.output = KafkaOutput(topology)
+        self._partitions: dict[int, InputPartition] = {}
+        self._shards: dict[int, ShardOwner] = {}
+        #: Shards given up in a rebalance, kept until its assignment: if this worker gets
+        #: one back and nobody owned it meanwhile, its state in memory is still the truth.
+        self._parked: dict[int, ShardOwner] = {}
+        self._n_shards = 0
         self._lock = asyncio.Lock()
-        self._published: dict[int, tuple[CumulativeShard, dict[Any, int]]] = {}
         self.stats = WorkerStats()
         # Counters exist from the start at 0, so rate() and increase() see their first
         # increment (a counter series born at 1 hides it) and dashboards show a flat 0.
@@ -132,30 +155,75 @@ class Worker:
         self._positions: Positions = _Detached()
         self._sender: Sender = _Detached()
         self._started_ns = clock.now_ns()
+        #: Largest record sent to the internal topic.
+        self.internal_max_record_bytes = INTERNAL_MAX_RECORD_BYTES
+        #: How the worker waits before a retry (the simulation replaces it).
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     # ---------------------------------------------------------------- lifecycle
 
-    def attach(self, positions: Positions, sender: Sender, n_partitions: int) -> None:
-        """Connect the worker to its runtime: consumer positions, producer, topic size."""
+    def attach(self, positions: Positions, sender: Sender, n_shards: int) -> None:
+        """Connect the worker to its runtime: consumer positions, producer, and the number
+        of shards (partitions of the internal topic)."""
         self._positions = positions
         self._sender = sender
-        self._n_partitions = n_partitions
+        self._n_shards = n_shards
+
+    @property
+    def partitions(self) -> list[int]:
+        """Input partitions owned now."""
+        return sorted(self._partitions)
+
+    @property
+    def shards(self) -> list[int]:
+        """Shards owned now."""
+        return sorted(self._shards)
+
+    def registry(self, shard: int) -> SeriesRegistry | None:
+        """The series of an owned shard (for telemetry and tests)."""
+        owner = self._shards.get(shard)
+        return None if owner is None else owner.registry
+
+    def _new_engine(self) -> SpanMetricsEngine:
+        return SpanMetricsEngine(self._stage1_config, self.clock)
+
+    def _new_owner(self, shard: int, epoch: int) -> ShardOwner:
+        sm = self.topology.spanmetrics
+        registry = SeriesRegistry(
+            self.names,
+            cardinality_limit=sm.aggregation_cardinality_limit,
+            series_ttl_ns=round(sm.series_expiration * 1e9),
+            resource_ttl_ns=round(sm.metrics_expiration * 1e9),
+            exemplar_limit=sm.exemplars.max_per_data_point if sm.exemplars.enabled else 0,
+            delta_output=self._delta_output,
+        )
+        return ShardOwner(shard, epoch, registry, self._spec, self._key_attributes)
 
     # ------------------------------------------------------------------ consume
 
     async def consume(
-        self, partition: int, offset: int, value: bytes | None, key: bytes | None, topic: str
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
     ) -> None:
-        """Aggregate one input record, unless its partition's checkpoint already holds it."""
-        async with self._lock:
-            part = self._partitions.get(partition)
-            if part is None:
-                # Delivered after a rebalance took the partition away: its new owner
-                # reads it again from the checkpoint.
-                self.stats.counters["records_not_owned"] += 1
+        """Take one record of the input topic or of the internal topic."""
+        if topic == self.deltas_topic:
+            self._apply_delta(partition, offset, value or b"")
+            return
+        part = self._partitions.get(partition)
+        if part is None:
+            # Delivered after a rebalance took the partition away: its new owner reads it
+            # again from the last cut.
+            self.stats.counters["records_not_owned"] += 1
+            return
+        if offset < part.next_offset:
+            return  # already in a cut
+        replay_ends_before = part.replay_end is not None and offset >= part.replay_end
+        # The recorded cut being re-read ends before this record: cut it exactly there.
+        if replay_ends_before and not await self._finish_replay(part, replay_done=True):
+            return
+        error: DecodeError | None = None
+        async with part.read_lock:
+            if self._partitions.get(partition) is not part or offset < part.next_offset:
                 return
-            if offset < part.next_offset:
-                return  # already counted in the checkpoint this partition resumed from
             if 0 <= part.next_offset < offset:
                 # Offsets skip only over transaction markers or deleted records; anything
                 # else would be a positioning fault, so it is counted and logged.
@@ -163,12 +231,33 @@ class Worker:
                 log.warning("%s: partition %d jumped from offset %d to %d", self.worker_id,
                             partition, part.next_offset, offset)  # fmt: skip
             try:
-                part.engine.consume_record(value or b"", self.topology.source.encoding)
+                part.read(offset, value or b"", self.topology.source.encoding)
             except DecodeError as err:
-                await self._dead_letter(topic, partition, offset, value, key, err)
-            self.stats.counters["records_received"] += 1
-            part.next_offset = offset + 1
-            part.dirty = True
+                error = err
+        self.stats.counters["records_received"] += 1
+        if error is not None:
+            await self._dead_letter(topic, partition, offset, value, key, error)
+        if part.replay_end is not None and part.next_offset >= part.replay_end:
+            await self._finish_replay(part)
+
+    def _apply_delta(self, shard: int, offset: int, value: bytes) -> None:
+        owner = self._shards.get(shard)
+        if owner is None:
+            self.stats.counters["deltas_not_owned"] += 1
+            return
+        try:
+            result, overflowed = owner.apply(offset, value, self.clock.now_ns())
+        except CodecError as err:
+            self.stats.counters["deltas_unreadable"] += 1
+            log.error("%s: shard %d offset %d unreadable, skipped: %s", self.worker_id, shard,
+                      offset, err)  # fmt: skip
+            return
+        if result == APPLIED:
+            self.stats.counters["deltas_applied"] += 1
+            if overflowed:
+                self.stats.counters[CARDINALITY_OVERFLOW] += overflowed
+        elif result == DUPLICATE:
+            self.stats.counters["deltas_duplicate"] += 1
 
     async def _dead_letter(
         self,
@@ -187,190 +276,309 @@ class Worker:
             ("spanmetrics.source.partition", str(partition).encode()),
             ("spanmetrics.source.offset", str(offset).encode()),
         ]
-        await self._sender.send(self.topology.source.dead_letter_topic, value or b"", key, headers)
+        delay = _RETRY_MIN_S
+        for attempt in range(_DEAD_LETTER_ATTEMPTS):
+            try:
+                await self._sender.send(
+                    self.topology.source.dead_letter_topic, value or b"", key, headers
+                )
+                return
+            except Exception as exc:
+                log.warning("%s: dead letter of %s/%d@%d not sent (attempt %d): %r",
+                            self.worker_id, topic, partition, offset, attempt + 1, exc)  # fmt: skip
+                await self.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+        self.stats.counters["dead_letters_lost"] += 1
+        log.error("%s: dead letter of %s/%d@%d lost", self.worker_id, topic, partition, offset)
 
     # -------------------------------------------------------------- rebalancing
 
-    async def assign(self, partitions: list[int]) -> None:
-        """Take ownership: claim epochs, load checkpoints, make the group resume from them.
+    async def assign(self, assigned: Iterable[TopicPartition]) -> None:
+        """Take ownership of every partition of ``assigned`` not owned yet: claim its epoch,
+        load its state, and make the group resume from it.
 
-        The checkpoint's offset is committed to the consumer group here, before the runtime
-        positions the partition at its committed offset, so reading resumes exactly where
-        the checkpoint ends. (Commits only ever follow a checkpoint, so a committed offset
-        is never ahead of its checkpoint; records before the checkpoint offset are skipped.)
+        Positions are committed here, before the runtime seeks each partition to its
+        committed offset, so reading resumes exactly where the state ends. (Commits only
+        ever follow a checkpoint, so a committed offset is never ahead of one; records
+        before the state's offset are skipped.)
         """
         async with self._lock:
-            resume: dict[int, int] = {}
-            for p in partitions:
-                if p in self._partitions:
-                    continue
-                epoch = await self.store.claim(p)
-                ckpt = await self.store.load(p)
-                part = _Partition(
-                    epoch,
-                    SpanMetricsEngine(self._engine_config, self.clock),
-                    ckpt.offset if ckpt.offset is not None else -1,
-                )
-                for shard, blob in ckpt.shards.items():
-                    part.shards[shard] = CumulativeShard.decode(
-                        blob, self.names, self._max_size, self._key_attributes
-                    )
-                self._partitions[p] = part
-                if ckpt.offset is not None:
-                    resume[p] = ckpt.offset
-                    log.info("%s: partition %d from checkpoint offset %d", self.worker_id, p,
-                             ckpt.offset)  # fmt: skip
-                else:
-                    log.info("%s: partition %d has no checkpoint, from %s", self.worker_id, p,
-                             self.topology.source.initial_offset)  # fmt: skip
+            resume: dict[TopicPartition, int] = {}
+            for topic, p in sorted(assigned):
+                if topic == self.source_topic and p not in self._partitions:
+                    await self._take_partition(p, resume)
+                elif topic == self.deltas_topic and p not in self._shards:
+                    await self._take_shard(p, resume)
+            self._parked.clear()
             if resume:
                 await self._commit(resume)
 
-    async def _commit(self, offsets: dict[int, int]) -> None:
+    async def _take_partition(self, p: int, resume: dict[TopicPartition, int]) -> None:
+        epoch = await self.store.claim_partition(p)
+        cut = await self.store.load_cut(p)
+        part = InputPartition(p, epoch, self._new_engine, self.clock.now_ns(), cut)
+        self._partitions[p] = part
+        if part.resume_offset is not None:
+            resume[(self.source_topic, p)] = part.resume_offset
+            replay = f" (re-reading its last cut, to {part.replay_end})" if part.replay_end else ""
+            log.info("%s: partition %d from offset %d%s", self.worker_id, p, part.resume_offset,
+                     replay)  # fmt: skip
+        else:
+            log.info("%s: partition %d has no cut yet, from %s", self.worker_id, p,
+                     self.topology.source.initial_offset)  # fmt: skip
+
+    async def _take_shard(self, s: int, resume: dict[TopicPartition, int]) -> None:
+        epoch = await self.store.claim_shard(s)
+        owner = self._parked.pop(s, None)
+        if owner is not None and owner.epoch + 1 == epoch:
+            # Nobody claimed it since this worker gave it up after a checkpoint.
+            owner.epoch = epoch
+        else:
+            owner = self._new_owner(s, epoch)
+            owner.restore(await self.store.load_shard(s))
+        self._shards[s] = owner
+        # Always committed, even with no checkpoint (from 0): the internal topic must be
+        # read from its start whatever ``source.initial_offset`` says.
+        resume[(self.deltas_topic, s)] = owner.next_offset
+        log.info("%s: shard %d from offset %d, %d series", self.worker_id, s, owner.next_offset,
+                 len(owner.registry))  # fmt: skip
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:
             await self._positions.commit(offsets)
         except Exception as err:  # a position hint only: the checkpoint decides
             self.stats.counters["commit_errors"] += 1
             log.warning("%s: commit of %s failed: %r", self.worker_id, offsets, err)
 
-    async def revoke(self, partitions: list[int]) -> None:
-        """Give partitions up: checkpoint them first, so the next owner resumes exactly."""
+    async def revoke(self, revoked: Iterable[TopicPartition]) -> None:
+        """Give partitions up: cut input partitions and checkpoint shards first, so that
+        their next owners resume exactly."""
         async with self._lock:
-            for p in partitions:
-                if p in self._partitions:
-                    try:
-                        await self._checkpoint(p)
-                    except FencedError:
-                        log.warning("%s: partition %d was already taken over", self.worker_id, p)
-                    del self._partitions[p]
-                    self._published.pop(p, None)
-                    self.prometheus.drop_shard(p)
+            for topic, p in sorted(revoked):
+                if topic == self.source_topic and p in self._partitions:
+                    await self._close_partition(self._partitions[p], "revoked")
+                elif topic == self.deltas_topic and p in self._shards:
+                    await self._close_shard(self._shards[p], "revoked")
+
+    async def stop(self) -> None:
+        """Give everything up, as on a revocation (for shutdown)."""
+        await self.revoke(
+            [(self.source_topic, p) for p in self._partitions]
+            + [(self.deltas_topic, s) for s in self._shards]
+        )
+
+    async def _close_partition(self, part: InputPartition, why: str) -> None:
+        try:
+            await self._cut(part)
+            if not part.unsent and part.replay_end is None and part.start >= 0:
+                # Everything read was sent: the next owner needs not re-read the last cut.
+                await self.store.save_cut(part.partition, part.epoch, Cut(part.start, part.start))
+        except FencedError:
+            why = "fenced"
+        except Exception:
+            log.exception("%s: last cut of partition %d failed; its next owner re-reads it",
+                          self.worker_id, part.partition)  # fmt: skip
+        self._release_partition(part, why)
+
+    async def _close_shard(self, owner: ShardOwner, why: str) -> None:
+        stored = False
+        try:
+            stored = await self._flush_shard(owner)
+        except FencedError:
+            why = "fenced"
+        except Exception:
+            log.exception("%s: last checkpoint of shard %d failed", self.worker_id, owner.shard)
+        self._release_shard(owner, why)
+        if stored and not owner.pending:
+            self._parked[owner.shard] = owner
+
+    def _release_partition(self, part: InputPartition, why: str) -> None:
+        """The one way an input partition stops being this worker's."""
+        if self._partitions.get(part.partition) is part:
+            del self._partitions[part.partition]
+            self.stats.counters[f"partitions_released.{why}"] += 1
+            level = logging.WARNING if why == "fenced" else logging.INFO
+            log.log(level, "%s: partition %d released (%s)", self.worker_id, part.partition, why)
+
+    def _release_shard(self, owner: ShardOwner, why: str) -> None:
+        """The one way a shard stops being this worker's: it leaves every output at once."""
+        if self._shards.get(owner.shard) is owner:
+            del self._shards[owner.shard]
+            self.prometheus.drop_shard(owner.shard)
+            self.stats.counters[f"shards_released.{why}"] += 1
+            level = logging.WARNING if why == "fenced" else logging.INFO
+            log.log(level, "%s: shard %d released (%s)", self.worker_id, owner.shard, why)
+
+    # ---------------------------------------------------------------- stage 1
+
+    async def _finish_replay(self, part: InputPartition, replay_done: bool = False) -> bool:
+        """Cut a re-read cut at its recorded end; False when the partition was lost.
+
+        No record past that end may enter the engine before the cut, so this retries
+        (reading waits) until the store takes the cut.
+        """
+        delay = _RETRY_MIN_S
+        while self._partitions.get(part.partition) is part:
+            try:
+                await self._cut(part, replay_done)
+                return self._partitions.get(part.partition) is part
+            except FencedError:
+                self._release_partition(part, "fenced")
+                return False
+            except Exception:
+                log.exception("%s: cut of partition %d at its recorded end failed; retrying",
+                              self.worker_id, part.partition)  # fmt: skip
+                self.stats.counters["cut_errors"] += 1
+                await self.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+        return False
+
+    async def _cut(self, part: InputPartition, replay_done: bool = False) -> None:
+        """Record the partition's due cut, then send its deltas to the shards."""
+        async with part.cut_lock:
+            if self._partitions.get(part.partition) is not part:
+                return
+            if part.unsent:
+                # The last recorded cut is not all acknowledged: finish it first, or a crash
+                # after the next cut is recorded would lose it.
+                await self._send_to_shards(part.unsent)
+                part.unsent = []
+                await self._commit({(self.source_topic, part.partition): part.unsent_end})
+            async with part.read_lock:
+                cut = part.due_cut(replay_done)
+                if cut is None:
+                    return
+                # Reading this partition waits for this one round trip, so that no record
+                # past the cut's end goes into the engine being cut.
+                await self.store.save_cut(part.partition, part.epoch, cut)
+                now = self.clock.now_ns()
+                engine, started = part.close_interval(cut, now)
+            snapshot = engine.flush()
+            self.stats.counters.update(engine.counters)
+            part.unsent = cut_records(
+                snapshot, part.partition, part.epoch, cut, (started, now), max(self._n_shards, 1),
+                self.internal_max_record_bytes,
+            )  # fmt: skip
+            part.unsent_end = cut.end
+            self.stats.counters["cuts"] += 1
+            await self._send_to_shards(part.unsent)
+            part.unsent = []
+            await self._commit({(self.source_topic, part.partition): cut.end})
+
+    async def _send_to_shards(self, records: list[ShardRecord]) -> None:
+        await asyncio.gather(
+            *(
+                self._sender.send(self.deltas_topic, value, str(shard).encode(), (), shard)
+                for shard, value in records
+            )
+        )
+        self.stats.counters["delta_records_sent"] += len(records)
+
+    # ---------------------------------------------------------------- stage 2
+
+    async def _flush_shard(self, owner: ShardOwner) -> bool:
+        """Checkpoint the shard, then publish it; False when it is no longer owned.
+
+        Raises:
+            FencedError: another worker owns the shard now; nothing was published.
+        """
+        async with owner.flush_lock:
+            if self._shards.get(owner.shard) is not owner:
+                return False
+            if owner.pending:
+                # Stored with the last checkpoint and maybe never sent: sent again, as is,
+                # before anything newer.
+                await self._send_outputs(owner.shard, owner.pending)
+                await self.store.clear_pending(owner.shard, owner.epoch)
+                owner.pending = []
+            prepared = owner.prepare(
+                self.clock.now_ns(), self._delta_output, self.prometheus.enabled,
+                self.output.records,
+            )  # fmt: skip
+            try:
+                # The fence of every publish: nothing below happens unless this worker
+                # still owns the shard.
+                await self.store.save_shard(owner.shard, owner.epoch, prepared.write)
+            except FencedError:
+                raise
+            except Exception:
+                owner.not_stored(prepared)
+                raise
+            owner.stored(prepared)
+            self.stats.last_checkpoint_ns = self.clock.now_ns()
+            self.stats.counters["checkpoint_bytes_written"] += prepared.write.size
+            if self.prometheus.enabled and prepared.cumulative is not None:
+                self.prometheus.set_shard(owner.shard, prepared.cumulative)
+            # The output holds everything written ahead (delta output is the pending record
+            # itself; the last points of expiring series are part of the cumulative output).
+            if prepared.outputs:
+                await self._send_outputs(owner.shard, prepared.outputs)
+            if owner.pending:
+                await self.store.clear_pending(owner.shard, owner.epoch)
+                owner.pending = []
+            await self._commit({(self.deltas_topic, owner.shard): prepared.write.offset})
+            return True
+
+    async def _send_outputs(self, shard: int, records: list[OutputRecord]) -> None:
+        key = f"shard-{shard}".encode()
+        await asyncio.gather(
+            *(self._sender.send(self.output.topic(i), value, key, ()) for i, value in records)
+        )
+        self.stats.counters["metrics_records_sent"] += len(records)
 
     # -------------------------------------------------------------------- flush
 
     async def flush(self) -> None:
-        """Checkpoint every owned partition, then publish every owned shard."""
+        """Cut every owned input partition, then checkpoint and publish every owned shard."""
         started = time.perf_counter()
-        # Prometheus samples are stamped before the checkpoints: a worker that stalls after
-        # checkpointing and sends late (a zombie) sends an older timestamp than the new
-        # owner, which Prometheus refuses as out of order instead of reading a reset.
-        sample_ms = int(time.time() * 1000)
         async with self._lock:
-            saved = True
-            for p in list(self._partitions):
-                try:
-                    await self._checkpoint(p)
-                except FencedError:
-                    log.warning("%s: lost partition %d to another worker", self.worker_id, p)
-                    del self._partitions[p]
-                    self.prometheus.drop_shard(p)
-                except Exception:
-                    # The store is unreachable: keep consuming and retry next interval.
-                    # Nothing is published meanwhile, since a published value must never
-                    # be ahead of what a restart would recover.
-                    log.exception("%s: checkpoint of partition %d failed", self.worker_id, p)
-                    self.stats.counters["checkpoint_errors"] += 1
-                    saved = False
-            for s in sorted(self._partitions) if saved else ():
-                if s < self._n_partitions:
-                    try:
-                        await self._publish(s)
-                    except FencedError:
-                        log.warning("%s: lost shard %d to another worker", self.worker_id, s)
-            self.stats.active_series = sum(
-                len(shard) for part in self._partitions.values() for shard in part.shards.values()
-            )
+            # Prometheus samples get one stamp for the flush, taken before any fence check: a
+            # sample sent late by a worker that lost its shard meanwhile is older than every
+            # sample of the new owner, so Prometheus refuses it as out of order instead of
+            # reading a counter reset. (OTLP points are stamped per shard, the same way.)
+            stamp = self.clock.now_ns()
+            await _each(self._cut_in_flush(part) for part in list(self._partitions.values()))
+            await _each(self._flush_shard_in_flush(owner) for owner in list(self._shards.values()))
+            self.stats.active_series = sum(len(o.registry) for o in self._shards.values())
         self.stats.last_flush_seconds = time.perf_counter() - started
-        await self._publish_telemetry()
-        await self.prometheus.push(sample_ms)
+        await self._publish_telemetry(stamp)
+        await self.prometheus.push(stamp // 1_000_000)
         log.info(
-            "%s: flush %.3fs partitions=%s series=%d %s",
+            "%s: flush %.3fs partitions=%s shards=%s series=%d %s",
             self.worker_id,
             self.stats.last_flush_seconds,
-            sorted(self._partitions),
+            self.partitions,
+            self.shards,
             self.stats.active_series,
             dict(self.stats.counters),
         )
 
-    async def _checkpoint(self, p: int) -> None:
-        part = self._partitions[p]
-        delta = part.engine.flush()
-        for name, value in part.engine.counters.items():
-            self.stats.counters[name] += value
-        part.engine.counters.clear()
-        if not part.dirty and not delta.resources and not part.unsaved:
-            return
-        for rp in delta.resources:
-            identity = resource_identity(rp.resource, self._key_attributes)
-            if identity is None:
-                continue
-            # Sharded by service instance, not by the whole resource: resources that differ
-            # only in other attributes are one series in Prometheus (job/instance labels),
-            # and one series must have one publisher.
-            shard = shard_of(service_identity(rp.resource), max(self._n_partitions, 1))
-            part.shards.setdefault(shard, CumulativeShard()).add_points(
-                identity, rp.resource, rp.series, rp.events
-            )
-            part.unsaved.add(shard)
-        blobs = {s: part.shards[s].encode(self.names) for s in part.unsaved}
-        await self.store.save(p, part.epoch, part.next_offset, blobs)
-        part.dirty = False
-        part.unsaved.clear()
-        self.stats.last_checkpoint_unix = time.time()
-        if part.next_offset >= 0:
-            # After the checkpoint, never before: the committed offset must not pass it.
-            await self._commit({p: part.next_offset})
+    async def _cut_in_flush(self, part: InputPartition) -> None:
+        try:
+            await self._cut(part)
+        except FencedError:
+            self._release_partition(part, "fenced")
+        except Exception:
+            # The store or the broker is unreachable: keep reading; the cut is retried at
+            # the next flush, bigger.
+            log.exception("%s: cut of partition %d failed", self.worker_id, part.partition)
+            self.stats.counters["cut_errors"] += 1
 
-    async def _publish(self, s: int) -> None:
-        merged = CumulativeShard()
-        # This worker's own partitions were just checkpointed from memory: merge those
-        # shards directly and read only the other partitions' checkpoints from the store.
-        others = [p for p in range(self._n_partitions) if p not in self._partitions]
-        for blob in await self.store.shard_blobs(s, others):
-            merged.merge(
-                CumulativeShard.decode(blob, self.names, self._max_size, self._key_attributes)
-            )
-        for part in self._partitions.values():
-            own = part.shards.get(s)
-            if own is not None:
-                merged.merge(own)
-        now = self.clock.now_ns()
-        epoch = self._partitions[s].epoch
-        cumulative = merged.snapshot(self.names, now)
-        if self.prometheus.enabled:
-            self.prometheus.set_shard(s, snapshot_to_request(cumulative))
-        if not self._output_delta:
-            if merged.series or merged.events:
-                await self._send(s, cumulative)
-            return
-        previous, last_sent = await self._previous_publish(s, epoch)
-        snapshot = merged.delta_since(previous, last_sent, self.names, now)
-        if not snapshot.resources:
-            return
-        payload = self._encode(snapshot)
-        # Write-ahead: what is being sent is recorded before it is sent, so a crash in
-        # between makes the next owner resend the identical record, never a new delta.
-        await self.store.save_published(
-            s, epoch, _encode_published(merged, last_sent, self), payload
-        )
-        await self._send_bytes(s, payload)
-        await self.store.clear_pending(s, epoch)
-        self._published[s] = (merged, last_sent)
+    async def _flush_shard_in_flush(self, owner: ShardOwner) -> None:
+        try:
+            await self._flush_shard(owner)
+        except FencedError:
+            self._release_shard(owner, "fenced")
+        except Exception:
+            # Nothing is published meanwhile: a published value must never be ahead of
+            # what a restart would recover.
+            log.exception("%s: checkpoint of shard %d failed", self.worker_id, owner.shard)
+            self.stats.counters["checkpoint_errors"] += 1
 
-    async def _previous_publish(self, s: int, epoch: int) -> tuple[CumulativeShard, dict[Any, int]]:
-        cached = self._published.get(s)
-        if cached is not None:
-            return cached
-        record = await self.store.load_published(s)
-        if record.pending is not None:
-            await self._send_bytes(s, record.pending)
-            await self.store.clear_pending(s, epoch)
-        if record.state is None:
-            return CumulativeShard(), {}
-        return _decode_published(record.state, self)
+    # ---------------------------------------------------------------- telemetry
 
     def consumer_lag(self) -> dict[int, float]:
-        """Records behind the broker's high watermark, per owned partition.
+        """Records behind the broker's high watermark, per owned input partition.
 
         Read from the high watermarks of fetch responses. On the embedded test broker they
         are known to read low when batches hold several records (see README), so this is
@@ -378,81 +586,61 @@ class Worker:
         """
         lag: dict[int, float] = {}
         for p, part in self._partitions.items():
-            highwater = self._positions.highwater(p)
+            highwater = self._positions.highwater(self.source_topic, p)
             if highwater is not None and part.next_offset >= 0:
                 lag[p] = float(max(highwater - part.next_offset, 0))
         return lag
 
-    async def _publish_telemetry(self) -> None:
-        now = self.clock.now_ns()
-        age = (
-            time.time() - self.stats.last_checkpoint_unix
-            if self.stats.last_checkpoint_unix
-            else 0.0
-        )
+    async def _publish_telemetry(self, now_ns: int) -> None:
+        last = self.stats.last_checkpoint_ns
+        age = (now_ns - last) / 1e9 if last else 0.0
         request = telemetry_request(
             self.worker_id,
             self.stats.counters,
             {
                 "series_active": float(self.stats.active_series),
                 "flush_duration_seconds": self.stats.last_flush_seconds,
-                "checkpoint_age_seconds": age,
+                "checkpoint_age_seconds": max(age, 0.0),
                 "partitions_owned": float(len(self._partitions)),
+                "shards_owned": float(len(self._shards)),
             },
             {"consumer_lag": self.consumer_lag()},
             self._started_ns,
-            now,
+            now_ns,
         )
         self.prometheus.set_telemetry(request)
-        encoding = self._sink_encoding()
-        payload = encode_metrics(request, encoding)
-        for sink in self.topology.sinks:
-            if sink.kafka is not None:
-                await self._sender.send(
-                    sink.kafka.topic, payload, f"worker-{self.worker_id}".encode(), ()
-                )
-
-    def _encode(self, snapshot: MetricsSnapshot) -> bytes:
-        encoding = self._sink_encoding()
-        return encode_metrics(snapshot_to_request(snapshot), encoding)
-
-    def _sink_encoding(self) -> str:
-        for sink in self.topology.sinks:
-            if sink.kafka is not None:
-                return sink.kafka.encoding
-        return "otlp_proto"
-
-    async def _send(self, s: int, snapshot: MetricsSnapshot) -> None:
-        await self._send_bytes(s, self._encode(snapshot))
-
-    async def _send_bytes(self, s: int, payload: bytes) -> None:
-        for sink in self.topology.sinks:
-            if sink.kafka is not None:
-                await self._sender.send(sink.kafka.topic, payload, f"shard-{s}".encode(), ())
-        self.stats.counters["metrics_records_sent"] += 1
+        key = f"worker-{self.worker_id}".encode()
+        try:
+            for sink in self.output.sinks.values():
+                for value in encode_records(
+                    request, sink.encoding, sink.producer.max_message_bytes
+                ):
+                    await self._sender.send(sink.topic, value, key, ())
+        except Exception as exc:  # the next flush sends newer telemetry
+            self.stats.counters["telemetry_errors"] += 1
+            log.warning("%s: telemetry not sent: %r", self.worker_id, exc)
 
 
-def _encode_published(shard: CumulativeShard, last_sent: dict[Any, int], worker: Worker) -> bytes:
-    """The published state with each series' last send time in its point time."""
-    return shard.encode(worker.names, sent_ns=last_sent)
-
-
-def _decode_published(data: bytes, worker: Worker) -> tuple[CumulativeShard, dict[Any, int]]:
-    last_sent: dict[Any, int] = {}
-    shard = CumulativeShard.decode(
-        data, worker.names, worker._max_size, worker._key_attributes, sent_ns=last_sent
-    )
-    return shard, last_sent
+async def _each(tasks: Iterable[Awaitable[None]]) -> None:
+    """Run the tasks concurrently (each handles its own errors)."""
+    await asyncio.gather(*tasks)
 
 
 class _Detached:
     """Stands in for the runtime until :meth:`Worker.attach`; any use is a bug."""
 
-    async def commit(self, offsets: dict[int, int]) -> None:
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         raise RuntimeError("worker is not attached to a consumer runtime")
 
-    def highwater(self, partition: int) -> int | None:
+    def highwater(self, topic: str, partition: int) -> int | None:
         return None
 
-    async def send(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> None:
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: Headers,
+        partition: int | None = None,
+    ) -> None:
         raise RuntimeError("worker is not attached to a producer")

@@ -37,6 +37,8 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import IO
 
+from spanmetrics.net import find_free_port
+
 __all__ = ["BrokerError", "EmbeddedBroker", "find_free_port", "resolve_binary"]
 
 #: Environment variables Tansu reads as defaults for its options. They are removed from the
@@ -63,18 +65,6 @@ _live_lock = threading.Lock()
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be started, or did not become ready in time."""
-
-
-def find_free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on right now.
-
-    The port is only free at the time of the call; :class:`EmbeddedBroker` retries with a new
-    port if another process takes it before the broker binds it.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _port_is_free(host: str, port: int) -> bool:

@@ -1,18 +1,22 @@
-"""Durable fleet state: per-partition checkpoints and per-shard publish records, fenced.
+"""Durable fleet state: stage 1's cuts and stage 2's shard checkpoints, fenced.
 
 Two implementations share one protocol: :class:`RedisStateStore` (``redis://``), for a
 fleet, and :class:`MemoryStateStore` (``memory://``), for a single process.
 
-Keys under ``spanmetrics:<group>:`` (``group`` is the consumer group):
+Keys under ``spanmetrics:<group>:`` (``group`` is the consumer group). The braces are Redis
+Cluster hash tags: the keys of one shard live in one slot, so one script can write them.
 
-- ``epoch:<P>``: fencing token of input partition P, incremented by each new owner;
-- ``ckpt:<P>``: hash with ``offset`` (next record to read) and ``shard:<s>`` blobs (the
-  partition's cumulative state for shard s, OTLP protobuf);
-- ``pub:<s>``: hash with ``state`` (what was last published for shard s) and
-  ``pending`` (a delta record written but maybe not yet sent).
+- ``{part:<P>}``: hash with ``epoch`` (fencing token of input partition P, incremented by
+  each new owner), ``start`` and ``end``: P's last cut, records [start, end) sent (or
+  being sent) as deltas;
+- ``{shard:<S>}``: hash with ``epoch`` (of shard S's owner), ``offset`` (next record of
+  the internal topic's partition S to read), ``applied`` (per input partition, the last
+  cut part applied) and ``pending`` (delta output written ahead of its send);
+- ``{shard:<S>}:series``: one field per series of the shard: its state;
+- ``{shard:<S>}:resources``: one field per resource of the shard.
 
-Every write checks the writer's epoch inside one Redis script, so a checkpoint and its
-offset land together or not at all, and never from a worker that lost the partition.
+Every write checks the writer's epoch inside one Redis script, so a checkpoint lands whole
+or not at all, and never from a worker that lost the partition or shard.
 """
 
 from __future__ import annotations
@@ -22,83 +26,158 @@ from dataclasses import dataclass, field
 from typing import Protocol, cast
 from urllib.parse import urlparse
 
-#: Lua: write hash fields only if the caller's epoch is still the partition's epoch.
-#: KEYS[1] hash, KEYS[2] epoch key; ARGV[1] epoch, ARGV[2..] field/value pairs.
+from spanmetrics.state.codec import (
+    Applied,
+    OutputRecord,
+    decode_applied,
+    decode_pending,
+    encode_applied,
+    encode_pending,
+)
+
+#: Lua: set hash fields of KEYS[1] if its ``epoch`` field is still ARGV[1].
 _FENCED_HSET = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
 if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
 return 1
 """
 
-#: Lua: delete hash fields under the same fence. ARGV[2..] field names.
-_FENCED_HDEL = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('HDEL', KEYS[1], unpack(ARGV, 2))
+#: Lua: one shard checkpoint. KEYS: meta, series, resources hashes. ARGV[1] epoch, then
+#: five counts (meta pairs, series pairs, series deletions, resource pairs, resource
+#: deletions), then the items in that order. Fields are written in chunks: ``unpack`` of
+#: too many values at once overflows Lua's stack.
+_SAVE_SHARD = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+local i = 7
+local function hset(key, n)
+  local done = 0
+  while done < n do
+    local m = math.min(n - done, 256)
+    redis.call('HSET', key, unpack(ARGV, i, i + 2 * m - 1))
+    i = i + 2 * m
+    done = done + m
+  end
+end
+local function hdel(key, n)
+  local done = 0
+  while done < n do
+    local m = math.min(n - done, 512)
+    redis.call('HDEL', key, unpack(ARGV, i, i + m - 1))
+    i = i + m
+    done = done + m
+  end
+end
+hset(KEYS[1], tonumber(ARGV[2]))
+hset(KEYS[2], tonumber(ARGV[3]))
+hdel(KEYS[2], tonumber(ARGV[4]))
+hset(KEYS[3], tonumber(ARGV[5]))
+hdel(KEYS[3], tonumber(ARGV[6]))
 return 1
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """An input partition's last cut: records [start, end) sent, or being sent, as deltas."""
+
+    start: int
+    end: int
+
+
 @dataclass(slots=True)
-class PartitionCheckpoint:
-    """What a partition's last checkpoint holds."""
+class ShardCheckpoint:
+    """What a shard's checkpoint holds."""
 
     offset: int | None = None
-    """Offset of the next record to read; None when the partition was never checkpointed."""
-    shards: dict[int, bytes] = field(default_factory=dict)
-    """Cumulative state per shard, as stored blobs."""
+    """Next offset of the shard's internal partition; None when never checkpointed."""
+    applied: Applied = field(default_factory=dict)
+    """Per input partition, the end of the latest cut applied and its parts applied."""
+    series: dict[bytes, bytes] = field(default_factory=dict)
+    """Series id -> stored series state."""
+    resources: dict[bytes, bytes] = field(default_factory=dict)
+    """Resource id -> stored resource state."""
+    pending: list[OutputRecord] = field(default_factory=list)
+    """Delta output records stored but maybe not sent."""
+    stamp: int = 0
+    """Time of the last points published by the shard (a new owner publishes after it)."""
 
 
 @dataclass(slots=True)
-class PublishRecord:
-    """What the publisher of a shard last published, and a send that may not have happened."""
+class ShardWrite:
+    """One incremental checkpoint of a shard."""
 
-    state: bytes | None = None
-    pending: bytes | None = None
+    offset: int
+    applied: Applied
+    series: dict[bytes, bytes] = field(default_factory=dict)
+    """Series written (new or changed)."""
+    removed_series: list[bytes] = field(default_factory=list)
+    resources: dict[bytes, bytes] = field(default_factory=dict)
+    removed_resources: list[bytes] = field(default_factory=list)
+    pending: list[OutputRecord] = field(default_factory=list)
+    """Delta output to send after this write; replaces any earlier pending output."""
+    stamp: int = 0
+    """Time of the points this flush publishes."""
+
+    @property
+    def size(self) -> int:
+        """Bytes of data in the write."""
+        return (
+            sum(len(k) + len(v) for k, v in self.series.items())
+            + sum(len(k) + len(v) for k, v in self.resources.items())
+            + 16 * (len(self.removed_series) + len(self.removed_resources))
+            + sum(len(r) for _, r in self.pending)
+        )
 
 
 class FencedError(Exception):
-    """The writer's epoch is stale: another worker owns the partition now."""
+    """The writer's epoch is stale: another worker owns the partition or shard now."""
 
 
 class StateStore(Protocol):
     """Durable state of one consumer group."""
 
-    async def claim(self, partition: int) -> int:
-        """Become the owner of ``partition``: a new epoch that fences out older owners."""
+    bytes_written: int
+    """Bytes of checkpoint data written so far by this process."""
+
+    async def claim_partition(self, partition: int) -> int:
+        """Become the owner of input ``partition``: a new epoch that fences out older owners."""
         ...
 
-    async def load(self, partition: int) -> PartitionCheckpoint:
-        """The partition's last checkpoint (empty if none)."""
+    async def load_cut(self, partition: int) -> Cut | None:
+        """The partition's last recorded cut, if any."""
         ...
 
-    async def save(self, partition: int, epoch: int, offset: int, shards: dict[int, bytes]) -> None:
-        """Atomically store ``shards`` and the next ``offset``, if ``epoch`` is current.
+    async def save_cut(self, partition: int, epoch: int, cut: Cut) -> None:
+        """Record a cut before its deltas are sent, if ``epoch`` is still current.
 
         Raises:
             FencedError: another worker owns the partition.
         """
         ...
 
-    async def shard_blobs(self, shard: int, partitions: Iterable[int]) -> list[bytes]:
-        """Shard ``shard`` of these partitions' checkpoints (partitions without it skipped)."""
+    async def claim_shard(self, shard: int) -> int:
+        """Become the owner of ``shard``: a new epoch that fences out older owners."""
         ...
 
-    async def load_published(self, shard: int) -> PublishRecord:
-        """The shard's publish record."""
+    async def load_shard(self, shard: int) -> ShardCheckpoint:
+        """The shard's checkpoint (empty if none)."""
         ...
 
-    async def save_published(
-        self, shard: int, epoch: int, state: bytes, pending: bytes | None
-    ) -> None:
-        """Store what is being published, fenced by the epoch of partition ``shard``.
+    async def save_shard(self, shard: int, epoch: int, write: ShardWrite) -> None:
+        """Apply ``write`` atomically, if ``epoch`` is still current. An empty write only
+        checks the epoch.
 
         Raises:
-            FencedError: another worker owns the partition and so the shard.
+            FencedError: another worker owns the shard.
         """
         ...
 
     async def clear_pending(self, shard: int, epoch: int) -> None:
-        """Forget the pending record once it was sent (fenced like :meth:`save_published`)."""
+        """Forget the pending output once it was sent (fenced like :meth:`save_shard`)."""
+        ...
+
+    async def stored_bytes(self) -> int:
+        """Bytes of state held for this group."""
         ...
 
     async def close(self) -> None:
@@ -106,66 +185,99 @@ class StateStore(Protocol):
         ...
 
 
+@dataclass(slots=True)
+class _MemoryShard:
+    epoch: int = 0
+    offset: int | None = None
+    applied: bytes = b""
+    pending: bytes = b""
+    stamp: int = 0
+    series: dict[bytes, bytes] = field(default_factory=dict)
+    resources: dict[bytes, bytes] = field(default_factory=dict)
+
+
 class MemoryStateStore:
-    """State in this process only (``memory://``): exact while the process lives."""
+    """State in this process only (``memory://``): exact while the process lives.
+
+    Stored values are bytes, as in Redis, so what is read back is a copy.
+    """
 
     def __init__(self) -> None:
-        self._epochs: dict[int, int] = {}
-        self._checkpoints: dict[int, PartitionCheckpoint] = {}
-        self._published: dict[int, PublishRecord] = {}
+        self._partitions: dict[int, tuple[int, Cut | None]] = {}
+        self._shards: dict[int, _MemoryShard] = {}
+        self.bytes_written = 0
 
-    async def claim(self, partition: int) -> int:
-        """See :meth:`StateStore.claim`."""
-        self._epochs[partition] = self._epochs.get(partition, 0) + 1
-        return self._epochs[partition]
+    async def claim_partition(self, partition: int) -> int:
+        """See :meth:`StateStore.claim_partition`."""
+        epoch, cut = self._partitions.get(partition, (0, None))
+        self._partitions[partition] = (epoch + 1, cut)
+        return epoch + 1
 
-    def _check(self, partition: int, epoch: int) -> None:
-        if self._epochs.get(partition) != epoch:
+    async def load_cut(self, partition: int) -> Cut | None:
+        """See :meth:`StateStore.load_cut`."""
+        return self._partitions.get(partition, (0, None))[1]
+
+    async def save_cut(self, partition: int, epoch: int, cut: Cut) -> None:
+        """See :meth:`StateStore.save_cut`."""
+        current, _ = self._partitions.get(partition, (0, None))
+        if current != epoch:
             raise FencedError(f"partition {partition}: epoch {epoch} is stale")
+        self._partitions[partition] = (epoch, cut)
+        self.bytes_written += 16
 
-    async def load(self, partition: int) -> PartitionCheckpoint:
-        """See :meth:`StateStore.load`."""
-        ckpt = self._checkpoints.get(partition)
-        return (
-            PartitionCheckpoint()
-            if ckpt is None
-            else PartitionCheckpoint(ckpt.offset, dict(ckpt.shards))
+    async def claim_shard(self, shard: int) -> int:
+        """See :meth:`StateStore.claim_shard`."""
+        state = self._shards.setdefault(shard, _MemoryShard())
+        state.epoch += 1
+        return state.epoch
+
+    async def load_shard(self, shard: int) -> ShardCheckpoint:
+        """See :meth:`StateStore.load_shard`."""
+        state = self._shards.get(shard)
+        if state is None:
+            return ShardCheckpoint()
+        return ShardCheckpoint(
+            state.offset,
+            decode_applied(state.applied) if state.applied else {},
+            dict(state.series),
+            dict(state.resources),
+            decode_pending(state.pending) if state.pending else [],
+            state.stamp,
         )
 
-    async def save(self, partition: int, epoch: int, offset: int, shards: dict[int, bytes]) -> None:
-        """See :meth:`StateStore.save`."""
-        self._check(partition, epoch)
-        ckpt = self._checkpoints.setdefault(partition, PartitionCheckpoint())
-        ckpt.offset = offset
-        ckpt.shards.update(shards)
+    def _owned(self, shard: int, epoch: int) -> _MemoryShard:
+        state = self._shards.get(shard)
+        if state is None or state.epoch != epoch:
+            raise FencedError(f"shard {shard}: epoch {epoch} is stale")
+        return state
 
-    async def shard_blobs(self, shard: int, partitions: Iterable[int]) -> list[bytes]:
-        """See :meth:`StateStore.shard_blobs`."""
-        blobs = []
-        for p in partitions:
-            ckpt = self._checkpoints.get(p)
-            if ckpt is not None and shard in ckpt.shards:
-                blobs.append(ckpt.shards[shard])
-        return blobs
-
-    async def load_published(self, shard: int) -> PublishRecord:
-        """See :meth:`StateStore.load_published`."""
-        record = self._published.get(shard)
-        return PublishRecord() if record is None else PublishRecord(record.state, record.pending)
-
-    async def save_published(
-        self, shard: int, epoch: int, state: bytes, pending: bytes | None
-    ) -> None:
-        """See :meth:`StateStore.save_published`."""
-        self._check(shard, epoch)
-        self._published[shard] = PublishRecord(state, pending)
+    async def save_shard(self, shard: int, epoch: int, write: ShardWrite) -> None:
+        """See :meth:`StateStore.save_shard`."""
+        state = self._owned(shard, epoch)
+        state.offset = write.offset
+        state.applied = encode_applied(write.applied)
+        state.pending = encode_pending(write.pending) if write.pending else b""
+        state.stamp = write.stamp
+        for sid in write.removed_series:
+            state.series.pop(sid, None)
+        state.series.update(write.series)
+        for rid in write.removed_resources:
+            state.resources.pop(rid, None)
+        state.resources.update(write.resources)
+        self.bytes_written += write.size
 
     async def clear_pending(self, shard: int, epoch: int) -> None:
         """See :meth:`StateStore.clear_pending`."""
-        self._check(shard, epoch)
-        record = self._published.get(shard)
-        if record is not None:
-            record.pending = None
+        self._owned(shard, epoch).pending = b""
+
+    async def stored_bytes(self) -> int:
+        """See :meth:`StateStore.stored_bytes`."""
+        total = 16 * len(self._partitions)
+        for s in self._shards.values():
+            total += len(s.applied) + len(s.pending) + 16
+            total += sum(len(k) + len(v) for k, v in s.series.items())
+            total += sum(len(k) + len(v) for k, v in s.resources.items())
+        return total
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -180,65 +292,104 @@ class RedisStateStore:
         self._redis = aioredis.Redis.from_url(url)
         self.prefix = f"spanmetrics:{group}"
         self._hset = self._redis.register_script(_FENCED_HSET)
-        self._hdel = self._redis.register_script(_FENCED_HDEL)
+        self._save_shard = self._redis.register_script(_SAVE_SHARD)
+        self.bytes_written = 0
 
-    def _key(self, *parts: object) -> str:
-        return ":".join((self.prefix, *map(str, parts)))
+    def _partition_key(self, partition: int) -> str:
+        return f"{self.prefix}:{{part:{partition}}}"
 
-    async def claim(self, partition: int) -> int:
-        """See :meth:`StateStore.claim`."""
-        return int(await self._redis.incr(self._key("epoch", partition)))
+    def _shard_key(self, shard: int, suffix: str = "") -> str:
+        return f"{self.prefix}:{{shard:{shard}}}{suffix}"
 
-    async def load(self, partition: int) -> PartitionCheckpoint:
-        """See :meth:`StateStore.load`."""
-        fields = cast(dict[bytes, bytes], await self._redis.hgetall(self._key("ckpt", partition)))
-        ckpt = PartitionCheckpoint()
-        for name, value in fields.items():
-            if name == b"offset":
-                ckpt.offset = int(value)
-            elif name.startswith(b"shard:"):
-                ckpt.shards[int(name[6:])] = value
-        return ckpt
+    async def claim_partition(self, partition: int) -> int:
+        """See :meth:`StateStore.claim_partition`."""
+        return int(await self._redis.hincrby(self._partition_key(partition), "epoch", 1))
 
-    async def save(self, partition: int, epoch: int, offset: int, shards: dict[int, bytes]) -> None:
-        """See :meth:`StateStore.save`."""
-        args: list[bytes | str | int] = [epoch, "offset", offset]
-        for shard, blob in shards.items():
-            args += [f"shard:{shard}", blob]
-        keys = [self._key("ckpt", partition), self._key("epoch", partition)]
-        if not await self._hset(keys=keys, args=args):
+    async def load_cut(self, partition: int) -> Cut | None:
+        """See :meth:`StateStore.load_cut`."""
+        values = await self._redis.hmget(self._partition_key(partition), ["start", "end"])
+        start, end = cast(list[bytes | None], values)
+        return None if start is None or end is None else Cut(int(start), int(end))
+
+    async def save_cut(self, partition: int, epoch: int, cut: Cut) -> None:
+        """See :meth:`StateStore.save_cut`."""
+        args: list[str | int] = [epoch, "start", cut.start, "end", cut.end]
+        if not await self._hset(keys=[self._partition_key(partition)], args=args):
             raise FencedError(f"partition {partition}: epoch {epoch} is stale")
+        self.bytes_written += 16
 
-    async def shard_blobs(self, shard: int, partitions: Iterable[int]) -> list[bytes]:
-        """See :meth:`StateStore.shard_blobs`."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for p in partitions:
-                pipe.hget(self._key("ckpt", p), f"shard:{shard}")
-            values: list[bytes | None] = await pipe.execute()
-        return [v for v in values if v is not None]
+    async def claim_shard(self, shard: int) -> int:
+        """See :meth:`StateStore.claim_shard`."""
+        return int(await self._redis.hincrby(self._shard_key(shard), "epoch", 1))
 
-    async def load_published(self, shard: int) -> PublishRecord:
-        """See :meth:`StateStore.load_published`."""
-        values = await self._redis.hmget(self._key("pub", shard), ["state", "pending"])
-        state, pending = cast(list[bytes | None], values)
-        return PublishRecord(state, pending)
+    async def load_shard(self, shard: int) -> ShardCheckpoint:
+        """See :meth:`StateStore.load_shard`."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(self._shard_key(shard), ["offset", "applied", "pending", "stamp"])
+            pipe.hgetall(self._shard_key(shard, ":series"))
+            pipe.hgetall(self._shard_key(shard, ":resources"))
+            meta, series, resources = await pipe.execute()
+        offset, applied, pending, stamp = cast(list[bytes | None], meta)
+        return ShardCheckpoint(
+            int(offset) if offset is not None else None,
+            decode_applied(applied) if applied else {},
+            cast(dict[bytes, bytes], series),
+            cast(dict[bytes, bytes], resources),
+            decode_pending(pending) if pending else [],
+            int(stamp) if stamp else 0,
+        )
 
-    async def save_published(
-        self, shard: int, epoch: int, state: bytes, pending: bytes | None
-    ) -> None:
-        """See :meth:`StateStore.save_published`."""
-        args: list[bytes | str | int] = [epoch, "state", state]
-        if pending is not None:
-            args += ["pending", pending]
-        keys = [self._key("pub", shard), self._key("epoch", shard)]
-        if not await self._hset(keys=keys, args=args):
+    async def save_shard(self, shard: int, epoch: int, write: ShardWrite) -> None:
+        """See :meth:`StateStore.save_shard`."""
+        meta: list[bytes | str | int] = [
+            "offset",
+            write.offset,
+            "applied",
+            encode_applied(write.applied),
+            "pending",
+            encode_pending(write.pending) if write.pending else b"",
+            "stamp",
+            write.stamp,
+        ]
+        args: list[bytes | str | int] = [
+            epoch,
+            len(meta) // 2,
+            len(write.series),
+            len(write.removed_series),
+            len(write.resources),
+            len(write.removed_resources),
+            *meta,
+        ]
+        for sid, blob in write.series.items():
+            args += (sid, blob)
+        args += write.removed_series
+        for rid, blob in write.resources.items():
+            args += (rid, blob)
+        args += write.removed_resources
+        keys = [
+            self._shard_key(shard),
+            self._shard_key(shard, ":series"),
+            self._shard_key(shard, ":resources"),
+        ]
+        if not await self._save_shard(keys=keys, args=args):
             raise FencedError(f"shard {shard}: epoch {epoch} is stale")
+        self.bytes_written += write.size
 
     async def clear_pending(self, shard: int, epoch: int) -> None:
         """See :meth:`StateStore.clear_pending`."""
-        keys = [self._key("pub", shard), self._key("epoch", shard)]
-        if not await self._hdel(keys=keys, args=[epoch, "pending"]):
+        if not await self._hset(keys=[self._shard_key(shard)], args=[epoch, "pending", b""]):
             raise FencedError(f"shard {shard}: epoch {epoch} is stale")
+
+    async def stored_bytes(self) -> int:
+        """See :meth:`StateStore.stored_bytes` (Redis ``MEMORY USAGE`` of every key)."""
+        total = 0
+        async for key in self._redis.scan_iter(match=f"{self.prefix}:*", count=1000):
+            total += int(await self._redis.memory_usage(key, samples=0) or 0)
+        return total
+
+    async def keys(self) -> Iterable[bytes]:
+        """Every key of this group (for tests and benchmarks)."""
+        return [k async for k in self._redis.scan_iter(match=f"{self.prefix}:*", count=1000)]
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from spanmetrics.kafka.broker import find_free_port
+from spanmetrics.net import find_free_port
 
 BINARY = shutil.which("prometheus") or "/usr/bin/prometheus"
 #: What the issue asks Prometheus to run with, plus exemplar storage (off by default).

@@ -1,11 +1,14 @@
 """The fleet's core promise, on a real broker and real Redis: kill workers with SIGKILL,
-start and stop others, and every series still ends at exactly the spans that were sent,
-published by one writer at a time (its cumulative values never go down), with delta
-outputs that sum to the same totals."""
+stop others with SIGTERM, scale out, restart the whole fleet, and every series still ends
+at exactly the spans that were sent, published with one start time by one writer at a time
+(its cumulative values never go down), with delta outputs that sum to the same totals and
+follow each other without gaps or overlaps."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import re
 import signal
 import subprocess
 import sys
@@ -212,6 +215,14 @@ def test_exact_counts_through_sigkill_and_rebalances(
             sent += await produce(broker.bootstrap, topic, generator, 30)
             fleet.signal("c", signal.SIGKILL)
             sent += await produce(broker.bootstrap, topic, generator, 10)
+            fleet.start("e")  # scale out
+            sent += await produce(broker.bootstrap, topic, generator, 10)
+            # The whole fleet restarts: everything resumes from Redis.
+            fleet.signal("d", signal.SIGKILL)
+            fleet.signal("e", signal.SIGTERM)
+            fleet.start("f")
+            fleet.start("g")
+            sent += await produce(broker.bootstrap, topic, generator, 10)
             expected = expected_counts(sent)
             delta = temporality == "delta"
             deadline = time.monotonic() + 120
@@ -236,18 +247,30 @@ def test_exact_counts_through_sigkill_and_rebalances(
     for name, text in full_logs.items():
         assert "jumped from offset" not in text, f"{name} skipped records:\n{text[-3000:]}"
         assert "commit of" not in text, f"{name} failed to commit:\n{text[-3000:]}"
-    assert any("from checkpoint offset" in text for text in full_logs.values())
+    # Killed workers' partitions were re-read from their last cuts, and shards resumed
+    # from their checkpoints.
+    assert any("re-reading its last cut" in text for text in full_logs.values())
+    assert re.search(
+        r"shard \d+ from offset [1-9]\d*, [1-9]\d* series", "\n".join(full_logs.values())
+    )
     got = output.totals(delta)
     missing = {k: (expected[k], got.get(k, 0)) for k in expected if got.get(k, 0) != expected[k]}
     assert not missing, f"series with wrong totals (expected, got): {missing}\n{logs}"
     assert set(got) == set(expected)
-    assert sum(expected.values()) == 140 * 200
+    assert sum(expected.values()) == 160 * 200
     if not delta:
-        # One writer at a time: a series' cumulative value never goes down.
         for key, points in output.history.items():
-            values = [v for _, _, v in points]
+            # One start time per stream, through every kill, stop, scale-out and restart.
+            assert len({start for start, _, _ in points}) == 1, f"{key}: {points}"
+            # One writer at a time: a series' cumulative value never goes down.
+            ordered = sorted(points, key=lambda p: p[1])
+            values = [v for _, _, v in ordered]
             assert values == sorted(values), f"{key} went down: {values}"
     else:
         for key, points in output.history.items():
-            for start, end, value in points:
+            unique = sorted(set(points))
+            for start, end, value in unique:
                 assert start < end and value > 0, key
+            # Each delta point starts where the previous one ended.
+            for (_, end, _), (start, _, _) in itertools.pairwise(unique):
+                assert start == end, f"{key}: {unique}"

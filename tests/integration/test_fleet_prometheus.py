@@ -222,7 +222,7 @@ def test_worker_serves_its_shards_on_metrics(
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from spanmetrics.kafka.broker import find_free_port
+    from spanmetrics.net import find_free_port
 
     suffix = redis_prefix[-8:]
     topic = f"spans-scrape-{suffix}"

@@ -9,9 +9,11 @@ from collections.abc import Iterator
 import pytest
 
 from spanmetrics.state.store import (
+    Cut,
     FencedError,
     MemoryStateStore,
     RedisStateStore,
+    ShardWrite,
     StateStore,
     open_store,
 )
@@ -50,58 +52,74 @@ def run(coro: object) -> object:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
-def test_checkpoint_round_trip_and_fencing(store: StateStore) -> None:
+def test_cuts_round_trip_and_are_fenced(store: StateStore) -> None:
     async def scenario() -> None:
-        assert (await store.load(3)).offset is None
-        first = await store.claim(3)
-        await store.save(3, first, 120, {0: b"a", 2: b"b"})
-        await store.save(3, first, 150, {2: b"c"})
-        ckpt = await store.load(3)
-        assert ckpt.offset == 150 and ckpt.shards == {0: b"a", 2: b"c"}
-
-        second = await store.claim(3)  # a new owner fences the old one out
+        assert await store.load_cut(3) is None
+        first = await store.claim_partition(3)
+        await store.save_cut(3, first, Cut(100, 120))
+        await store.save_cut(3, first, Cut(120, 150))
+        assert await store.load_cut(3) == Cut(120, 150)
+        second = await store.claim_partition(3)  # a new owner fences the old one out
         assert second > first
         with pytest.raises(FencedError):
-            await store.save(3, first, 999, {0: b"zombie"})
-        ckpt = await store.load(3)
-        assert ckpt.offset == 150 and ckpt.shards[0] == b"a"  # nothing of the zombie's write
-        await store.save(3, second, 160, {})
-        assert (await store.load(3)).offset == 160
+            await store.save_cut(3, first, Cut(150, 999))
+        assert await store.load_cut(3) == Cut(120, 150)  # nothing of the zombie's write
+        await store.save_cut(3, second, Cut(150, 160))
+        assert await store.load_cut(3) == Cut(150, 160)
+        assert await store.load_cut(4) is None  # partitions are independent
         await store.close()
 
     run(scenario())
 
 
-def test_shard_blobs_across_partitions(store: StateStore) -> None:
+def test_shard_checkpoints_are_incremental_atomic_and_fenced(store: StateStore) -> None:
     async def scenario() -> None:
-        for p in range(3):
-            epoch = await store.claim(p)
-            await store.save(p, epoch, 1, {1: f"p{p}".encode()} if p != 1 else {0: b"x"})
-        assert sorted(await store.shard_blobs(1, range(3))) == [b"p0", b"p2"]
-        assert await store.shard_blobs(1, [2]) == [b"p2"]
-        assert await store.shard_blobs(5, range(3)) == []
-        await store.close()
-
-    run(scenario())
-
-
-def test_publish_record_and_pending(store: StateStore) -> None:
-    async def scenario() -> None:
-        epoch = await store.claim(2)
-        assert (await store.load_published(2)).state is None
-        await store.save_published(2, epoch, b"state1", b"delta1")
-        record = await store.load_published(2)
-        assert (record.state, record.pending) == (b"state1", b"delta1")
-        await store.clear_pending(2, epoch)
-        record = await store.load_published(2)
-        assert (record.state, record.pending) == (b"state1", None)
-        newer = await store.claim(2)
+        assert (await store.load_shard(1)).offset is None
+        epoch = await store.claim_shard(1)
+        series = {f"s{i}".encode(): f"v{i}".encode() for i in range(1200)}  # past one chunk
+        await store.save_shard(
+            1,
+            epoch,
+            ShardWrite(
+                offset=10,
+                applied={0: (120, frozenset({0, 1}))},
+                series=series,
+                resources={b"r1": b"res"},
+                pending=[(0, b"out1"), (1, b"out2")],
+                stamp=77,
+            ),
+        )
+        ckpt = await store.load_shard(1)
+        assert (ckpt.offset, ckpt.applied, ckpt.stamp) == (10, {0: (120, frozenset({0, 1}))}, 77)
+        assert ckpt.series == series and ckpt.resources == {b"r1": b"res"}
+        assert ckpt.pending == [(0, b"out1"), (1, b"out2")]
+        # Only what changed is written; removals go.
+        await store.save_shard(
+            1,
+            epoch,
+            ShardWrite(
+                offset=12,
+                applied={0: (150, frozenset({0}))},
+                series={b"s0": b"v0-new"},
+                removed_series=[b"s1", b"s2"],
+                removed_resources=[b"r1"],
+            ),
+        )
+        ckpt = await store.load_shard(1)
+        assert ckpt.offset == 12 and ckpt.series[b"s0"] == b"v0-new"
+        assert len(ckpt.series) == 1198 and ckpt.resources == {} and ckpt.pending == []
+        await store.clear_pending(1, epoch)
+        newer = await store.claim_shard(1)
         with pytest.raises(FencedError):
-            await store.save_published(2, epoch, b"zombie", None)
+            await store.save_shard(1, epoch, ShardWrite(offset=99, applied={}, series={b"z": b"z"}))
         with pytest.raises(FencedError):
-            await store.clear_pending(2, epoch)
-        await store.save_published(2, newer, b"state2", None)
-        assert (await store.load_published(2)).state == b"state2"
+            await store.clear_pending(1, epoch)
+        ckpt = await store.load_shard(1)
+        assert ckpt.offset == 12 and b"z" not in ckpt.series  # nothing of the zombie's write
+        await store.save_shard(1, newer, ShardWrite(offset=13, applied={}))
+        assert (await store.load_shard(1)).offset == 13
+        assert await store.stored_bytes() > 1198 * 4
+        assert store.bytes_written > 0
         await store.close()
 
     run(scenario())

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from spanmetrics.aggregate.cumulative import shard_of
-from spanmetrics.aggregate.resources import resource_identity, service_identity
+from spanmetrics.aggregate.resources import resource_identity, service_identity, shard_of
 from tests.builders import request, resource
 
 

@@ -1,0 +1,2 @@
+"""Development tools, outside the runtime path: ``make run`` (:mod:`spanmetrics.dev.up`)
+and its live view (:mod:`spanmetrics.dev.live`)."""

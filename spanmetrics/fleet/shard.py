@@ -1,0 +1,248 @@
+"""Stage 2 of the fleet: the owner of one shard, and so of every series in it.
+
+The owner reads its partition of the internal topic, applies each delta part once, keeps
+the shard's :class:`~spanmetrics.aggregate.registry.SeriesRegistry`, and turns it, every
+flush, into one incremental checkpoint and the shard's output. The checkpoint's content is
+taken in one synchronous step (:meth:`ShardOwner.prepare`), so deltas keep being applied
+while it is written; it becomes the owner's truth only once the store took it
+(:meth:`ShardOwner.stored`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from spanmetrics.aggregate.points import EventsPoint, SeriesPoint
+from spanmetrics.aggregate.registry import (
+    ChangedSeries,
+    Changes,
+    DeltaTaken,
+    SeriesRegistry,
+    series_id,
+)
+from spanmetrics.aggregate.resources import ResourceIdentity, resource_identity
+from spanmetrics.export.otlp import snapshot_to_request
+from spanmetrics.state.codec import (
+    Applied,
+    CodecError,
+    HistogramSpec,
+    OutputRecord,
+    decode_delta,
+    decode_resource_state,
+    decode_series_state,
+    encode_resource_state,
+    encode_series_state,
+)
+from spanmetrics.state.store import ShardCheckpoint, ShardWrite
+
+#: What :meth:`ShardOwner.apply` did with a record.
+APPLIED, DUPLICATE, ALREADY_READ = "applied", "duplicate", "already_read"
+
+
+@dataclass(slots=True)
+class PreparedFlush:
+    """One flush of a shard, taken in one step: the checkpoint to write and the output."""
+
+    write: ShardWrite
+    changes: Changes
+    taken: DeltaTaken | None
+    removed: list[ChangedSeries]
+    """Series that expire with this flush."""
+    cumulative: ExportMetricsServiceRequest | None
+    """The shard's cumulative state as OTLP (for Prometheus and cumulative output)."""
+    outputs: list[OutputRecord]
+    """Records to send once the write is stored (``write.pending`` is sent before them)."""
+
+
+class ShardOwner:
+    """An owned shard (stage 2)."""
+
+    def __init__(
+        self,
+        shard: int,
+        epoch: int,
+        registry: SeriesRegistry,
+        spec: HistogramSpec,
+        key_attributes: frozenset[str],
+    ) -> None:
+        self.shard = shard
+        self.epoch = epoch
+        self.registry = registry
+        self._spec = spec
+        self._key_attributes = key_attributes
+        #: Next offset of the shard's internal partition to apply.
+        self.next_offset = 0
+        self.applied: Applied = {}
+        #: Delta output stored with the last checkpoint and not known to be sent.
+        self.pending: list[OutputRecord] = []
+        #: Held through a flush, so that flushes of a shard happen one after the other.
+        self.flush_lock = asyncio.Lock()
+        #: Series expired by flushes whose checkpoint was not stored, by the flush's stamp.
+        self._unsaved_finals: list[tuple[int, list[ChangedSeries]]] = []
+        self._resources: dict[bytes, tuple[ResourceIdentity, Resource] | None] = {}
+
+    # ---------------------------------------------------------------- restore
+
+    def restore(self, checkpoint: ShardCheckpoint) -> None:
+        """Load the shard's checkpoint into this (new) owner.
+
+        Raises:
+            CodecError: stored state that cannot be read.
+        """
+        self.next_offset = checkpoint.offset or 0
+        self.applied = dict(checkpoint.applied)
+        self.pending = list(checkpoint.pending)
+        self.registry.restore_stamp(checkpoint.stamp)
+        by_rid = {}
+        for rid, blob in checkpoint.resources.items():
+            raw, last_seen = decode_resource_state(blob)
+            resource = Resource.FromString(raw)
+            identity = resource_identity(resource, self._key_attributes)
+            if identity is None:
+                raise CodecError("resource: stored without service.name")
+            by_rid[rid] = self.registry.restore_resource(identity, resource, last_seen)
+        for blob in checkpoint.series.values():
+            rid, kind, labels, state = decode_series_state(blob, self._spec)
+            res = by_rid.get(rid)
+            if res is None:
+                raise CodecError("series: its resource is not stored")
+            self.registry.restore_series(res, kind, labels, state)
+
+    # ------------------------------------------------------------------ apply
+
+    def apply(self, offset: int, value: bytes, now_ns: int) -> tuple[str, int]:
+        """Apply one record of the shard's internal partition, unless already applied.
+
+        Returns what was done and how many calls went to overflow series.
+
+        Raises:
+            CodecError: the record cannot be read (it counts as read).
+        """
+        if offset < self.next_offset:
+            return ALREADY_READ, 0
+        self.next_offset = offset + 1
+        record = decode_delta(value, self._spec)
+        head = record.header
+        end, parts = self.applied.get(head.partition, (-1, frozenset()))
+        if head.end < end or (head.end == end and head.part in parts):
+            # A cut sent again: by the next owner of its partition, or by a zombie.
+            return DUPLICATE, 0
+        self.applied[head.partition] = (
+            (end, parts | {head.part}) if head.end == end else (head.end, frozenset({head.part}))
+        )
+        series: list[list[SeriesPoint]] = [[] for _ in record.resources]
+        events: list[list[EventsPoint]] = [[] for _ in record.resources]
+        for index, point in record.series:
+            series[index].append(point)
+        for index, event in record.events:
+            events[index].append(event)
+        overflowed = 0
+        for i, raw in enumerate(record.resources):
+            resolved = self._resource(raw)
+            if resolved is None:
+                continue
+            identity, resource = resolved
+            overflowed += self.registry.apply(
+                identity, resource, series[i], events[i], now_ns, head.interval_end_ns
+            )
+        return APPLIED, overflowed
+
+    def _resource(self, raw: bytes) -> tuple[ResourceIdentity, Resource] | None:
+        resolved = self._resources.get(raw, ())
+        if resolved == ():
+            if len(self._resources) >= 10_000:  # resources churn (pods); keep this bounded
+                self._resources.clear()
+            resource = Resource.FromString(raw)
+            identity = resource_identity(resource, self._key_attributes)
+            resolved = self._resources[raw] = None if identity is None else (identity, resource)
+        return resolved  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ flush
+
+    def prepare(
+        self,
+        now_ns: int,
+        delta_output: bool,
+        want_cumulative: bool,
+        encode: Callable[[ExportMetricsServiceRequest], list[OutputRecord]],
+    ) -> PreparedFlush:
+        """Take this flush's output and checkpoint, in one step (no await).
+
+        Points are stamped now, before the write that checks the fence: a point that a
+        worker sends after losing the shard is older than every point of the new owner.
+        Nothing here is final: :meth:`stored` or :meth:`not_stored` says whether the write
+        made it.
+        """
+        registry = self.registry
+        stamp_ns = registry.stamp(now_ns)
+        removed = registry.expire(stamp_ns)
+        cumulative = (
+            snapshot_to_request(registry.cumulative(stamp_ns))
+            if want_cumulative or not delta_output
+            else None
+        )
+        taken = None
+        outputs: list[OutputRecord] = []
+        pending: list[OutputRecord] = []
+        if delta_output:
+            # Written ahead with the checkpoint: sent again as is if this worker dies.
+            delta, taken = registry.take_delta(stamp_ns)
+            if delta.resources:
+                outputs = pending = encode(snapshot_to_request(delta))
+        else:
+            if cumulative is not None and cumulative.resource_metrics:
+                outputs = encode(cumulative)
+            # The cumulative output is not written ahead (the next flush publishes the same
+            # state again), except the last points of series that expire: once the
+            # checkpoint removes them, nothing else holds them.
+            # Each at the time of the flush that expired it: a series that came back since
+            # is a new stream, which starts after that.
+            finals = (
+                [*self._unsaved_finals, (stamp_ns, removed)] if removed else self._unsaved_finals
+            )
+            for expired_ns, series in finals:
+                pending = pending + encode(
+                    snapshot_to_request(registry.final_points(series, registry.names, expired_ns))
+                )
+            outputs = pending + outputs
+        changes = registry.changes()
+        write = ShardWrite(
+            offset=self.next_offset,
+            applied=dict(self.applied),
+            series={
+                series_id(res.rid, kind, labels): encode_series_state(res.rid, kind, labels, s)
+                for res, kind, labels, s in changes.series
+            },
+            removed_series=changes.removed_series,
+            resources={
+                res.rid: encode_resource_state(res.resource.SerializeToString(), res.last_seen_ns)
+                for res in changes.resources
+            },
+            removed_resources=changes.removed_resources,
+            pending=pending,
+            stamp=stamp_ns,
+        )
+        return PreparedFlush(write, changes, taken, removed, cumulative, outputs)
+
+    def stored(self, prepared: PreparedFlush) -> None:
+        """The prepared checkpoint is in the store."""
+        self.registry.committed(prepared.changes)
+        self.pending = list(prepared.write.pending)
+        self._unsaved_finals = []
+
+    def not_stored(self, prepared: PreparedFlush) -> None:
+        """The prepared checkpoint could not be written (the store is unreachable): what it
+        took is taken again by a later flush."""
+        if prepared.taken is not None:
+            self.registry.restore_delta(prepared.taken)
+        # Expired series are gone from the registry; their last points wait for a
+        # checkpoint that holds them.
+        if prepared.removed:
+            self._unsaved_finals.append((prepared.write.stamp, prepared.removed))
