@@ -1,16 +1,20 @@
 """Fleet benchmark: `make bench-fleet`.
 
-Puts >= 1M spans into the embedded broker, then runs 1 worker and then 2 workers (each run
-with its own consumer group and Redis state) and measures end-to-end spans/s: from the
-topic, through aggregation and checkpoints, to published metrics. A run ends when the
-published calls add up to every span in the topic. Reported per run:
+Puts >= 1M spans into the embedded broker, then measures, in one run:
 
-- wall: from worker start (process start, group join included) to complete output;
-- steady: spans/s between the first and the last telemetry sample of the workers
-  (startup excluded);
-- peak RSS of each worker (VmHWM).
+- baselines on the same records: a bare aiokafka consumer draining the topic, and the
+  engine alone (decode + aggregate + flush, in this process, no Kafka);
+- 1 worker, then 2 workers (each run with its own consumer group and Redis state), end to
+  end: from the topic, through both stages and the checkpoints, to published metrics. A
+  run ends when the published calls add up to every span in the topic. Reported: wall
+  (worker start to complete output, start-up included), steady spans/s (between the first
+  telemetry sample that counted spans and the first that counted them all), per worker and
+  as a ratio of the engine alone, peak RSS, and checkpoint bytes written per flush;
+- state size: the same workload through one worker with 1 and with 8 input partitions,
+  and the Redis bytes of state per series (``MEMORY USAGE`` of the group's keys).
 
-Target: >= 150k spans/s per worker process.
+Targets: Redis bytes per series at 8 partitions within 1.5x of 1 partition; per-worker
+throughput no lower than before the two-stage fleet (150k spans/s was the issue's target).
 """
 
 from __future__ import annotations
@@ -23,36 +27,78 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import redis  # noqa: E402
 import yaml  # noqa: E402
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 
+from spanmetrics.aggregate.engine import SpanMetricsEngine  # noqa: E402
+from spanmetrics.config.load import parse_topology  # noqa: E402
 from spanmetrics.decode import decode_metrics  # noqa: E402
 from spanmetrics.kafka.admin import ensure_topics  # noqa: E402
 from spanmetrics.kafka.broker import EmbeddedBroker  # noqa: E402
+from spanmetrics.model.clock import SystemClock  # noqa: E402
 from spanmetrics.synth import SpanGenerator, encode_request  # noqa: E402
 
 TARGET_PER_WORKER = 150_000
+TARGET_STATE_RATIO = 1.5
 REDIS_URL = "redis://127.0.0.1:6379/7"
 
 
-async def fill(bootstrap: str, topic: str, records: int, spans_per_record: int) -> int:
-    """Produce ``records`` records from a pool of 50 distinct ones; returns spans sent."""
-    generator = SpanGenerator(seed=5)
-    pool = [
-        encode_request(generator.batch_request(spans_per_record), "otlp_proto") for _ in range(50)
+def make_pool(spans_per_record: int, records: int = 50, seed: int = 5) -> list[bytes]:
+    generator = SpanGenerator(seed=seed)
+    return [
+        encode_request(generator.batch_request(spans_per_record), "otlp_proto")
+        for _ in range(records)
     ]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20)
+
+
+async def fill(bootstrap: str, topic: str, pool: list[bytes], records: int) -> None:
+    """Produce ``records`` records round-robin from ``pool``."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20, max_request_size=8 << 20
+    )
     await producer.start()
     try:
         futures = [await producer.send(topic, pool[i % len(pool)]) for i in range(records)]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
-    return records * spans_per_record
+
+
+async def drain(bootstrap: str, topic: str, partitions: int, records: int) -> float:
+    """Seconds a bare aiokafka consumer takes to read ``records`` records."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, max_partition_fetch_bytes=16 << 20
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen = 0
+        started = time.perf_counter()
+        while seen < records:
+            for batch in (await consumer.getmany(timeout_ms=500)).values():
+                seen += len(batch)
+        return time.perf_counter() - started
+    finally:
+        await consumer.stop()
+
+
+def engine_alone(pool: list[bytes], records: int) -> float:
+    """Seconds the engine takes for the same records in this process."""
+    config = parse_topology({"spanmetrics": {}}).spanmetrics
+    engine = SpanMetricsEngine(config, SystemClock())
+    started = time.perf_counter()
+    for i in range(records):
+        engine.consume_record(pool[i % len(pool)], "otlp_proto")
+    engine.flush()
+    return time.perf_counter() - started
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -60,6 +106,62 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def state_bytes(group: str) -> tuple[int, int]:
+    """Redis bytes used by a group's keys, and the number of keys."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(f"spanmetrics:{group}:*", count=1000))
+        return sum(int(client.memory_usage(k, samples=0) or 0) for k in keys), len(keys)
+    finally:
+        client.close()
+
+
+def drop_state(group: str) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(f"spanmetrics:{group}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+class Published:
+    """The metrics topic as a consumer sees it: latest calls per series, worker telemetry."""
+
+    def __init__(self) -> None:
+        self.calls: dict[Any, int] = {}
+        self.telemetry: dict[bytes, dict[str, float]] = {}
+        self.samples: list[tuple[float, int]] = []
+
+    def add(self, key: bytes | None, value: bytes) -> None:
+        request = decode_metrics(value, "otlp_proto")
+        if key and key.startswith(b"worker-"):
+            readings: dict[str, float] = {}
+            for rm in request.resource_metrics:
+                for m in rm.scope_metrics[0].metrics:
+                    points = m.sum.data_points if m.HasField("sum") else m.gauge.data_points
+                    readings[m.name.rsplit(".", 1)[-1]] = sum(
+                        p.as_int or p.as_double for p in points
+                    )
+            self.telemetry[key] = readings
+            received = sum(int(t.get("spans_received", 0)) for t in self.telemetry.values())
+            self.samples.append((time.monotonic(), received))
+            return
+        for rm in request.resource_metrics:
+            resource = rm.resource.SerializeToString()
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    if m.name.endswith(".calls"):
+                        for p in m.sum.data_points:
+                            labels = tuple((kv.key, kv.value.string_value) for kv in p.attributes)
+                            self.calls[(resource, labels)] = p.as_int
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
 
 
 async def run_fleet(
@@ -80,7 +182,11 @@ async def run_fleet(
         )
     )
     consumer = AIOKafkaConsumer(
-        metrics_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+        metrics_topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        max_partition_fetch_bytes=16 << 20,
     )
     await consumer.start()
     started = time.monotonic()
@@ -101,55 +207,79 @@ async def run_fleet(
         )
         for i in range(workers)
     ]
-    received: dict[bytes, int] = {}
-    samples: list[tuple[float, int]] = []
-    published: dict[bytes, int] = {}
+    published = Published()
     try:
-        while sum(published.values()) < total:
+        while published.total < total:
             if time.monotonic() - started > 600:
-                raise TimeoutError(f"only {sum(published.values()):,} of {total:,} published")
+                raise TimeoutError(f"only {published.total:,} of {total:,} published")
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for record in records:
-                    request = decode_metrics(record.value, "otlp_proto")
-                    if record.key.startswith(b"worker-"):
-                        for rm in request.resource_metrics:
-                            for m in rm.scope_metrics[0].metrics:
-                                if m.name.endswith("spans_received"):
-                                    received[record.key] = sum(p.as_int for p in m.sum.data_points)
-                        samples.append((time.monotonic(), sum(received.values())))
-                    else:
-                        published[record.key] = sum(
-                            p.as_int
-                            for rm in request.resource_metrics
-                            for sm in rm.scope_metrics
-                            for m in sm.metrics
-                            if m.name.endswith(".calls")
-                            for p in m.sum.data_points
-                        )
+                    published.add(record.key, record.value)
         wall = time.monotonic() - started
         rss = [peak_rss_mb(p.pid) for p in procs]
+        # One more flush of telemetry after the output is complete.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    published.add(record.key, record.value)
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait(timeout=60)
         await consumer.stop()
-    busy = [(t, n) for t, n in samples if n > 0]
-    first, last = busy[0], busy[-1]
+    # From the first sample that counted spans to the first that counted them all (the
+    # samples after it only wait for the last flush of output).
+    busy = [(t, n) for t, n in published.samples if n > 0]
+    final = max(n for _, n in busy)
+    first, last = busy[0], next((t, n) for t, n in busy if n == final)
     steady = (last[1] - first[1]) / max(last[0] - first[0], 1e-9)
-    return {"wall": total / wall, "steady": steady, "rss_max": max(rss), "seconds": wall}
+    flushes = max(wall, 1.0)  # 1 s flushes
+    written = sum(t.get("checkpoint_bytes_written", 0) for t in published.telemetry.values())
+    series = len(published.calls)
+    stored, _ = state_bytes(group)
+    drop_state(group)
+    return {
+        "wall": total / wall,
+        "steady": steady,
+        "rss_max": max(rss),
+        "seconds": wall,
+        "written_per_flush": written / flushes / workers,
+        "series": series,
+        "stored": stored,
+    }
+
+
+async def state_size(
+    broker: EmbeddedBroker, workdir: Path, partitions: int, records: int
+) -> dict[str, float]:
+    """Redis bytes of state after one worker read the same workload from ``partitions``."""
+    topic = f"state-{partitions}-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(broker.bootstrap, {topic: partitions})
+    pool = make_pool(1000, records=records, seed=9)
+    await fill(broker.bootstrap, topic, pool, records)
+    result = await run_fleet(broker.bootstrap, broker.url, topic, 1, records * 1000, workdir)
+    return result
 
 
 async def main_async(args: argparse.Namespace) -> None:
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         topic = f"bench-spans-{uuid.uuid4().hex[:8]}"
         await ensure_topics(broker.bootstrap, {topic: args.partitions})
+        pool = make_pool(args.spans_per_record)
         t = time.monotonic()
-        total = await fill(broker.bootstrap, topic, args.records, args.spans_per_record)
+        await fill(broker.bootstrap, topic, pool, args.records)
+        total = args.records * args.spans_per_record
         print(
             f"filled {topic}: {total:,} spans in {args.records:,} records, "
             f"{args.partitions} partitions ({time.monotonic() - t:.1f}s)"
         )
+        drain_s = await drain(broker.bootstrap, topic, args.partitions, args.records)
+        engine_s = engine_alone(pool, args.records)
+        engine_rate = total / engine_s
+        print(f"baseline: bare aiokafka drain {total / drain_s:>10,.0f} spans/s")
+        print(f"baseline: engine alone        {engine_rate:>10,.0f} spans/s (same records)")
         results = {}
         for workers in (1, 2):
             r = await run_fleet(broker.bootstrap, broker.url, topic, workers, total, Path(tmp))
@@ -159,13 +289,33 @@ async def main_async(args: argparse.Namespace) -> None:
             print(
                 f"{workers} worker(s): wall {r['wall']:>10,.0f} spans/s ({r['seconds']:.1f}s), "
                 f"steady {r['steady']:>10,.0f} spans/s = {per:,.0f}/worker "
-                f"(target {TARGET_PER_WORKER:,}: {verdict})"
-                f", peak RSS {r['rss_max']:.0f} MiB"
+                f"= {per / engine_rate:.2f}x the engine alone "
+                f"(target {TARGET_PER_WORKER:,}: {verdict}), peak RSS {r['rss_max']:.0f} MiB, "
+                f"checkpoint {r['written_per_flush'] / 1024:,.1f} KiB/flush/worker, "
+                f"{r['series']:,.0f} series"
             )
         scaling = results[2]["steady"] / results[1]["steady"]
         print(
             f"scaling 1 -> 2 workers: {scaling:.2f}x (machine has 2 cores; the broker and "
             "this benchmark share them)"
+        )
+        sizes = {}
+        for partitions in (1, 8):
+            r = await state_size(broker, Path(tmp), partitions, args.state_records)
+            sizes[partitions] = r
+            per_series = r["stored"] / max(r["series"], 1)
+            print(
+                f"state with {partitions} partition(s): {r['stored'] / 1024:,.0f} KiB in Redis "
+                f"for {r['series']:,.0f} series = {per_series:,.0f} B/series, "
+                f"checkpoint {r['written_per_flush'] / 1024:,.1f} KiB/flush"
+            )
+        ratio = (sizes[8]["stored"] / max(sizes[8]["series"], 1)) / (
+            sizes[1]["stored"] / max(sizes[1]["series"], 1)
+        )
+        verdict = "meets" if ratio <= TARGET_STATE_RATIO else "MISSES"
+        print(
+            f"state per series, 8 partitions / 1 partition: {ratio:.2f}x "
+            f"(target <= {TARGET_STATE_RATIO}: {verdict})"
         )
 
 
@@ -174,6 +324,9 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=1000)
     parser.add_argument("--spans-per-record", type=int, default=1000)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--state-records", type=int, default=200, help="records of the state-size workload"
+    )
     args = parser.parse_args()
     asyncio.run(main_async(args))
     return 0

@@ -98,34 +98,92 @@ def snapshot_to_request(snapshot: MetricsSnapshot) -> ExportMetricsServiceReques
     metrics of that resource's series."""
     request = ExportMetricsServiceRequest()
     temporality = _TEMPORALITY[snapshot.temporality]
-    names = snapshot.names
     for resource_points in snapshot.resources:
-        resource_metrics = request.resource_metrics.add()
-        resource_metrics.resource.CopyFrom(resource_points.resource)
-        scope_metrics = resource_metrics.scope_metrics.add()
-        scope_metrics.scope.CopyFrom(InstrumentationScope(name=SCOPE_NAME, version=__version__))
-        if resource_points.series:
-            _add_sum(
-                scope_metrics.metrics.add(name=names.calls),
-                temporality,
-                (
-                    (p.attributes, p.start_time_unix_nano, p.time_unix_nano, p.calls)
-                    for p in resource_points.series
-                ),
-            )
-            if any(series.duration is not None for series in resource_points.series):
-                duration = scope_metrics.metrics.add(name=names.duration, unit=names.unit)
-                _add_durations(duration, resource_points.series, temporality)
-        if resource_points.events:
-            _add_sum(
-                scope_metrics.metrics.add(name=names.events),
-                temporality,
-                (
-                    (e.attributes, e.start_time_unix_nano, e.time_unix_nano, e.count)
-                    for e in resource_points.events
-                ),
-            )
+        _fill_resource(request.resource_metrics.add(), resource_points, snapshot.names, temporality)
     return request
+
+
+def snapshot_to_requests(
+    snapshot: MetricsSnapshot, max_bytes: int
+) -> list[ExportMetricsServiceRequest]:
+    """:func:`snapshot_to_request` as requests of at most ``max_bytes`` serialized bytes.
+
+    Built straight from the snapshot, with no copy: resources whole where they fit, and a
+    resource too large for one request split by series, each part repeating the resource.
+
+    Raises:
+        ValueError: a single series (with its resource) exceeds ``max_bytes``.
+    """
+    temporality = _TEMPORALITY[snapshot.temporality]
+    names = snapshot.names
+    out: list[ExportMetricsServiceRequest] = []
+    request = ExportMetricsServiceRequest()
+    size = 0
+    for rp in snapshot.resources:
+        rm = request.resource_metrics.add()
+        _fill_resource(rm, rp, names, temporality)
+        rm_size = _field_size(rm.ByteSize())
+        if size + rm_size <= max_bytes:
+            size += rm_size
+            continue
+        del request.resource_metrics[-1]
+        if size:
+            out.append(request)
+            request, size = ExportMetricsServiceRequest(), 0
+        if rm_size <= max_bytes:
+            _fill_resource(request.resource_metrics.add(), rp, names, temporality)
+            size = rm_size
+            continue
+        out += _resource_in_parts(rp, names, temporality, max_bytes, rm_size)
+    if size:
+        out.append(request)
+    return out
+
+
+def _resource_in_parts(
+    rp: ResourcePoints, names: MetricNames, temporality: int, max_bytes: int, size: int
+) -> list[ExportMetricsServiceRequest]:
+    """One resource's series over as many requests as needed (``size``: all of it)."""
+    items = len(rp.series) + len(rp.events)
+    per_request = max(1, int(items * max_bytes * 0.9 / size))
+    out: list[ExportMetricsServiceRequest] = []
+    series, events = list(rp.series), list(rp.events)
+    while series or events:
+        n = per_request
+        while True:
+            part = ResourcePoints(rp.resource, series[:n], events[: max(0, n - len(series))])
+            request = ExportMetricsServiceRequest()
+            _fill_resource(request.resource_metrics.add(), part, names, temporality)
+            if request.ByteSize() <= max_bytes:
+                break
+            if n == 1:
+                raise ValueError(f"one series needs more than {max_bytes} bytes")
+            n = max(1, n // 2)
+        out.append(request)
+        taken_events = len(part.events)
+        series, events = series[len(part.series) :], events[taken_events:]
+    return out
+
+
+def _fill_resource(rm: Any, rp: ResourcePoints, names: MetricNames, temporality: int) -> None:
+    rm.resource.CopyFrom(rp.resource)
+    scope_metrics = rm.scope_metrics.add()
+    scope_metrics.scope.CopyFrom(InstrumentationScope(name=SCOPE_NAME, version=__version__))
+    if rp.series:
+        _add_sum(
+            scope_metrics.metrics.add(name=names.calls),
+            temporality,
+            ((p.attributes, p.start_time_unix_nano, p.time_unix_nano, p.calls) for p in rp.series),
+        )
+        if any(series.duration is not None for series in rp.series):
+            duration = scope_metrics.metrics.add(name=names.duration, unit=names.unit)
+            _add_durations(duration, rp.series, temporality)
+    if rp.events:
+        _add_sum(
+            scope_metrics.metrics.add(name=names.events),
+            temporality,
+            ((e.attributes, e.start_time_unix_nano, e.time_unix_nano, e.count) for e in rp.events),
+        )
 
 
 def _add_sum(

@@ -6,8 +6,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 
+from spanmetrics.aggregate.points import MetricsSnapshot
+from spanmetrics.config.defaults import DEFAULT_MAX_MESSAGE_BYTES
 from spanmetrics.config.model import KafkaSinkConfig, Topology
-from spanmetrics.export.otlp import encode_records
+from spanmetrics.export.otlp import encode_records, snapshot_to_requests
 from spanmetrics.state.codec import OutputRecord
 
 
@@ -33,11 +35,24 @@ class KafkaOutput:
         """Topic of the sink at index ``sink``."""
         return self.sinks[sink].topic
 
-    def records(self, request: ExportMetricsServiceRequest) -> list[OutputRecord]:
-        """``request`` for every sink, split into records under the sink's
-        ``producer.max_message_bytes``."""
-        return [
-            (i, value)
-            for i, sink in self.sinks.items()
-            for value in encode_records(request, sink.encoding, sink.producer.max_message_bytes)
-        ]
+    def requests(self, snapshot: MetricsSnapshot) -> list[ExportMetricsServiceRequest]:
+        """``snapshot`` as OTLP requests that each fit in a record of every sink."""
+        limit = min(
+            (s.producer.max_message_bytes for s in self.sinks.values()),
+            default=DEFAULT_MAX_MESSAGE_BYTES,
+        )
+        return snapshot_to_requests(snapshot, limit)
+
+    def records(self, requests: list[ExportMetricsServiceRequest]) -> list[OutputRecord]:
+        """``requests`` for every sink, as records under the sink's
+        ``producer.max_message_bytes`` (an OTLP/JSON request larger than that is split
+        further)."""
+        out: list[OutputRecord] = []
+        for i, sink in self.sinks.items():
+            limit = sink.producer.max_message_bytes
+            for request in requests:
+                if sink.encoding == "otlp_proto":
+                    out.append((i, request.SerializeToString()))
+                else:
+                    out += [(i, v) for v in encode_records(request, sink.encoding, limit)]
+        return out

@@ -54,7 +54,8 @@ class PrometheusSinks:
                 )
                 server = ScrapeServer(host, scrape.port, self._provider(converter))
                 self._scrape.append((converter, server))
-        self._shards: dict[int, ExportMetricsServiceRequest] = {}
+        #: Per owned shard: its cumulative state and the time it was stamped with (ms).
+        self._shards: dict[int, tuple[list[ExportMetricsServiceRequest], int]] = {}
         self._telemetry = ExportMetricsServiceRequest()
         self._last_push_ms = 0
 
@@ -81,9 +82,16 @@ class PrometheusSinks:
         for _, client in self._remote:
             await client.close()
 
-    def set_shard(self, shard: int, request: ExportMetricsServiceRequest) -> None:
-        """The current cumulative state of an owned shard."""
-        self._shards[shard] = request
+    def set_shard(
+        self, shard: int, requests: list[ExportMetricsServiceRequest], stamp_ms: int
+    ) -> None:
+        """The current cumulative state of an owned shard, and its points' time.
+
+        Samples are written at that time, the shard's own stamp: it only ever increases,
+        also from one owner to the next, so Prometheus never sees a shard's series go
+        back in time when the shard moves between workers whose clocks differ.
+        """
+        self._shards[shard] = (requests, stamp_ms)
 
     def drop_shard(self, shard: int) -> None:
         """Stop publishing a shard this worker no longer owns."""
@@ -96,7 +104,8 @@ class PrometheusSinks:
     def _combined(self) -> ExportMetricsServiceRequest:
         combined = ExportMetricsServiceRequest()
         for shard in sorted(self._shards):
-            combined.resource_metrics.extend(self._shards[shard].resource_metrics)
+            for request in self._shards[shard][0]:
+                combined.resource_metrics.extend(request.resource_metrics)
         combined.resource_metrics.extend(self._telemetry.resource_metrics)
         return combined
 
@@ -107,8 +116,8 @@ class PrometheusSinks:
         return series
 
     async def push(self, timestamp_ms: int) -> None:
-        """One remote write per sink of everything this worker publishes, stamped
-        ``timestamp_ms`` (made strictly increasing per worker).
+        """One remote write per sink of everything this worker publishes: each shard at
+        its stamp, the worker's telemetry at ``timestamp_ms`` (made strictly increasing).
 
         A failure (after the client's retries) is counted and logged, never raised: the
         next flush sends the newer cumulative state, so counts stay exact and only one
@@ -116,13 +125,17 @@ class PrometheusSinks:
         """
         if not self._remote:
             return
-        combined = self._combined()
         now_ms = self._last_push_ms = max(timestamp_ms, self._last_push_ms + 1)
         for converter, client in self._remote:
-            body = encode_write_request(
-                converter.convert(combined, now_ms),
-                native_histograms=converter.histogram == "native",
-            )
+            series: list[Series] = []
+            for shard in sorted(self._shards):
+                requests, stamp_ms = self._shards[shard]
+                # One conversion per shard: a resource split over several requests must
+                # give one target_info, and series with the same labels are merged.
+                whole = requests[0] if len(requests) == 1 else _joined(requests)
+                series += converter.convert(whole, stamp_ms)
+            series += converter.convert(self._telemetry, now_ms)
+            body = encode_write_request(series, native_histograms=converter.histogram == "native")
             try:
                 await client.send(body)
             except RemoteWriteError as err:
@@ -134,3 +147,10 @@ class PrometheusSinks:
             totals.update(client.counters)
         for key, value in totals.items():
             self._counters[key] = value
+
+
+def _joined(requests: list[ExportMetricsServiceRequest]) -> ExportMetricsServiceRequest:
+    joined = ExportMetricsServiceRequest()
+    for request in requests:
+        joined.resource_metrics.extend(request.resource_metrics)
+    return joined

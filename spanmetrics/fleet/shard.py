@@ -11,7 +11,6 @@ while it is written; it becomes the owner's truth only once the store took it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -28,7 +27,7 @@ from spanmetrics.aggregate.registry import (
     series_id,
 )
 from spanmetrics.aggregate.resources import ResourceIdentity, resource_identity
-from spanmetrics.export.otlp import snapshot_to_request
+from spanmetrics.fleet.output import KafkaOutput
 from spanmetrics.state.codec import (
     Applied,
     CodecError,
@@ -55,7 +54,7 @@ class PreparedFlush:
     taken: DeltaTaken | None
     removed: list[ChangedSeries]
     """Series that expire with this flush."""
-    cumulative: ExportMetricsServiceRequest | None
+    cumulative: list[ExportMetricsServiceRequest] | None
     """The shard's cumulative state as OTLP (for Prometheus and cumulative output)."""
     outputs: list[OutputRecord]
     """Records to send once the write is stored (``write.pending`` is sent before them)."""
@@ -167,11 +166,7 @@ class ShardOwner:
     # ------------------------------------------------------------------ flush
 
     def prepare(
-        self,
-        now_ns: int,
-        delta_output: bool,
-        want_cumulative: bool,
-        encode: Callable[[ExportMetricsServiceRequest], list[OutputRecord]],
+        self, now_ns: int, delta_output: bool, want_cumulative: bool, output: KafkaOutput
     ) -> PreparedFlush:
         """Take this flush's output and checkpoint, in one step (no await).
 
@@ -184,7 +179,7 @@ class ShardOwner:
         stamp_ns = registry.stamp(now_ns)
         removed = registry.expire(stamp_ns)
         cumulative = (
-            snapshot_to_request(registry.cumulative(stamp_ns))
+            output.requests(registry.cumulative(stamp_ns))
             if want_cumulative or not delta_output
             else None
         )
@@ -195,23 +190,20 @@ class ShardOwner:
             # Written ahead with the checkpoint: sent again as is if this worker dies.
             delta, taken = registry.take_delta(stamp_ns)
             if delta.resources:
-                outputs = pending = encode(snapshot_to_request(delta))
+                outputs = pending = output.records(output.requests(delta))
         else:
-            if cumulative is not None and cumulative.resource_metrics:
-                outputs = encode(cumulative)
             # The cumulative output is not written ahead (the next flush publishes the same
             # state again), except the last points of series that expire: once the
-            # checkpoint removes them, nothing else holds them.
-            # Each at the time of the flush that expired it: a series that came back since
-            # is a new stream, which starts after that.
+            # checkpoint removes them, nothing else holds them. Each at the time of the
+            # flush that expired it: a series that came back since is a new stream, which
+            # starts after that.
             finals = (
                 [*self._unsaved_finals, (stamp_ns, removed)] if removed else self._unsaved_finals
             )
             for expired_ns, series in finals:
-                pending = pending + encode(
-                    snapshot_to_request(registry.final_points(series, registry.names, expired_ns))
-                )
-            outputs = pending + outputs
+                points = registry.final_points(series, registry.names, expired_ns)
+                pending += output.records(output.requests(points))
+            outputs = pending + output.records(cumulative or [])
         changes = registry.changes()
         write = ShardWrite(
             offset=self.next_offset,

@@ -492,9 +492,8 @@ class Worker:
                 await self.store.clear_pending(owner.shard, owner.epoch)
                 owner.pending = []
             prepared = owner.prepare(
-                self.clock.now_ns(), self._delta_output, self.prometheus.enabled,
-                self.output.records,
-            )  # fmt: skip
+                self.clock.now_ns(), self._delta_output, self.prometheus.enabled, self.output
+            )
             try:
                 # The fence of every publish: nothing below happens unless this worker
                 # still owns the shard.
@@ -508,7 +507,8 @@ class Worker:
             self.stats.last_checkpoint_ns = self.clock.now_ns()
             self.stats.counters["checkpoint_bytes_written"] += prepared.write.size
             if self.prometheus.enabled and prepared.cumulative is not None:
-                self.prometheus.set_shard(owner.shard, prepared.cumulative)
+                stamp_ms = prepared.write.stamp // 1_000_000
+                self.prometheus.set_shard(owner.shard, prepared.cumulative, stamp_ms)
             # The output holds everything written ahead (delta output is the pending record
             # itself; the last points of expiring series are part of the cumulative output).
             if prepared.outputs:
@@ -532,10 +532,8 @@ class Worker:
         """Cut every owned input partition, then checkpoint and publish every owned shard."""
         started = time.perf_counter()
         async with self._lock:
-            # Prometheus samples get one stamp for the flush, taken before any fence check: a
-            # sample sent late by a worker that lost its shard meanwhile is older than every
-            # sample of the new owner, so Prometheus refuses it as out of order instead of
-            # reading a counter reset. (OTLP points are stamped per shard, the same way.)
+            # The stamp of the worker's own telemetry. Each shard's points are stamped when
+            # its checkpoint is prepared, before the fence check (ShardOwner.prepare).
             stamp = self.clock.now_ns()
             await _each(self._cut_in_flush(part) for part in list(self._partitions.values()))
             await _each(self._flush_shard_in_flush(owner) for owner in list(self._shards.values()))

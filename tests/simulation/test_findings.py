@@ -23,7 +23,7 @@ from spanmetrics.config.model import Topology
 from spanmetrics.model.clock import FakeClock
 from spanmetrics.state.codec import HistogramSpec, decode_delta
 from tests.builders import SERVER, request, resource, span
-from tests.simulation.harness import SimFleet, expected_calls, sum_points
+from tests.simulation.harness import SimFleet, expected_calls, settle, sum_points
 
 SERVICE = {"service.name": "checkout", "service.instance.id": "checkout-0"}
 
@@ -350,3 +350,47 @@ def test_output_and_internal_records_stay_under_the_limit(max_bytes: int) -> Non
     assert any(decode_delta(r.value, HistogramSpec(160)).header.parts > 1 for r in deltas)
     assert latest(fleet) == expected_calls(fleet.inputs, ["user.id"])
     assert len(latest(fleet)) == 10_000
+
+
+def test_reading_goes_on_while_a_checkpoint_is_written() -> None:
+    """State is written off the consume path: while a shard's checkpoint write is in
+    flight (parked in the store), records of the input topic are still read (deltas are
+    applied without any lock at all)."""
+
+    async def scenario() -> tuple[int, int, bool]:
+        fleet = SimFleet(topology(), partitions=1)
+        a = fleet.start("a")
+        await fleet.rebalance({"a": fleet.all_partitions()})
+        fleet.produce(0, one_span())
+        await fleet.pump(["a"], flushes=1)
+        fleet.sched.scripted = False  # from now on every store and producer call parks
+        flush = asyncio.get_running_loop().create_task(a.worker.flush())
+        await settle_until_parked(fleet, "store.save_shard")
+        # The shard's checkpoint write is parked: deliver more input and its deltas.
+        fleet.produce(0, one_span())
+        fleet.produce(0, one_span())
+        before = a.worker.stats.counters["records_received"]
+        for offset in (1, 2):  # bounded: a read that waits for the write fails the test
+            record = fleet.log.topics[fleet.source][0][offset]
+            await asyncio.wait_for(fleet.deliver(a, (fleet.source, 0), record), timeout=5)
+        read = a.worker.stats.counters["records_received"] - before
+        parked = any(label == "store.save_shard" for _, label, _ in fleet.sched.parked.values())
+        fleet.sched.scripted = True
+        while fleet.sched.parked:
+            fleet.sched.resume(next(iter(fleet.sched.parked)))
+            await settle()
+        await flush
+        return read, len(fleet.sched.parked), parked
+
+    read, left, parked = run(scenario())
+    assert parked and read == 2 and left == 0
+
+
+async def settle_until_parked(fleet: SimFleet, label: str) -> None:
+    for _ in range(100):
+        await settle()
+        if any(lbl == label for _, lbl, _ in fleet.sched.parked.values()):
+            return
+        for seq in list(fleet.sched.parked):
+            fleet.sched.resume(seq)
+    raise AssertionError(f"nothing parked at {label}")
