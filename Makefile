@@ -51,7 +51,7 @@ typecheck: $(STAMP) ## mypy strict on spanmetrics/
 bench: $(STAMP) ## Engine benchmark: parse vs engine vs OTel SDK, memory per series
 	$(BIN)/python benchmarks/bench_engine.py
 
-bench-fleet: $(STAMP) ## Fleet benchmark: 1M spans through 1 and 2 workers on the embedded broker
+bench-fleet: $(STAMP) ## Fleet benchmark: 3M spans through 1 and 2 workers, state size at 1 and 8 partitions
 	$(BIN)/python benchmarks/bench_fleet.py
 
 clean: ## Remove the venv and caches

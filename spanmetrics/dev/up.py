@@ -69,12 +69,31 @@ def log_tail(path: Path, lines: int = _LOG_LINES) -> str:
     return "\n".join(text[start : start + lines * 2])
 
 
+def resident_mib(pid: int | None) -> float | None:
+    """Resident memory of a process in MiB, where ``/proc`` tells."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class Supervisor:
     """Watches the processes of the run; the first one that ends is the run's death."""
 
-    def __init__(self, children: list[Child], broker_alive: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        children: list[Child],
+        broker_alive: Callable[[], bool],
+        broker_pid: Callable[[], int | None] = lambda: None,
+    ) -> None:
         self.children = children
         self._broker_alive = broker_alive
+        self._broker_pid = broker_pid
         self.death: Death | None = None
 
     def check(self) -> Death | None:
@@ -91,9 +110,19 @@ class Supervisor:
         return self.death
 
     def status(self) -> str:
-        """A line for the screen."""
+        """What the screen says about the processes."""
         death = self.check()
-        return death.report() if death else ""
+        if death:
+            return death.report()
+        lines = []
+        for child in self.children:
+            mib = resident_mib(child.proc.pid)
+            lines.append(f"{child.name} pid {child.proc.pid}" + (f" {mib:,.0f} MiB" if mib else ""))
+        mib = resident_mib(self._broker_pid())
+        if mib:
+            # Memory only: it keeps every record it was sent until it stops.
+            lines.append(f"broker {mib:,.0f} MiB (keeps every record in memory)")
+        return "processes: " + ", ".join(lines)
 
     async def watch(self, stop: asyncio.Event, every_s: float = 0.5) -> None:
         """Set ``stop`` as soon as a process dies."""
@@ -163,7 +192,7 @@ async def run_up(
                 run_dir / "worker.log",
             ),
         ]  # fmt: skip
-        supervisor = Supervisor(children, lambda: broker.running)
+        supervisor = Supervisor(children, lambda: broker.running, lambda: broker.pid)
         watcher = asyncio.create_task(supervisor.watch(stop))
         try:
             names = MetricNames.for_namespace(

@@ -57,7 +57,7 @@ class PreparedFlush:
     cumulative: list[ExportMetricsServiceRequest] | None
     """The shard's cumulative state as OTLP (for Prometheus and cumulative output)."""
     outputs: list[OutputRecord]
-    """Records to send once the write is stored (``write.pending`` is sent before them)."""
+    """Records to send once the write is stored; they include all of ``write.pending``."""
 
 
 class ShardOwner:
@@ -154,14 +154,16 @@ class ShardOwner:
         return APPLIED, overflowed
 
     def _resource(self, raw: bytes) -> tuple[ResourceIdentity, Resource] | None:
-        resolved = self._resources.get(raw, ())
-        if resolved == ():
-            if len(self._resources) >= 10_000:  # resources churn (pods); keep this bounded
-                self._resources.clear()
-            resource = Resource.FromString(raw)
-            identity = resource_identity(resource, self._key_attributes)
-            resolved = self._resources[raw] = None if identity is None else (identity, resource)
-        return resolved  # type: ignore[return-value]
+        """The identity and message of a resource as stage 1 sent it (None without
+        ``service.name``, which stage 1 never sends)."""
+        if raw in self._resources:
+            return self._resources[raw]
+        if len(self._resources) >= 10_000:  # resources churn (pods); keep this bounded
+            self._resources.clear()
+        resource = Resource.FromString(raw)
+        identity = resource_identity(resource, self._key_attributes)
+        resolved = self._resources[raw] = None if identity is None else (identity, resource)
+        return resolved
 
     # ------------------------------------------------------------------ flush
 
