@@ -185,9 +185,12 @@ class SeriesRegistry:
                 stable_id(identity), identity, copy, seen_ns
             )
             self._removed_resources.discard(res.rid)
+            self._touch_resource(res)
         elif seen_ns > res.last_seen_ns:
             res.last_seen_ns = seen_ns
-        self._touch_resource(res)
+            # Stored again only where its expiry needs the time; else it never changes.
+            if self._resource_ttl_ns:
+                self._touch_resource(res)
         overflowed = 0
         for point in series:
             labels = point.attributes

@@ -39,7 +39,7 @@ from spanmetrics.decode import REASONS as DECODE_REASONS
 from spanmetrics.decode import DecodeError
 from spanmetrics.export.otlp import encode_records
 from spanmetrics.fleet.output import KafkaOutput
-from spanmetrics.fleet.partition import InputPartition, ShardRecord, cut_records
+from spanmetrics.fleet.partition import InputPartition, cut_records
 from spanmetrics.fleet.prometheus_sinks import PrometheusSinks
 from spanmetrics.fleet.shard import APPLIED, DUPLICATE, ShardOwner
 from spanmetrics.fleet.telemetry import telemetry_request
@@ -178,11 +178,6 @@ class Worker:
     def shards(self) -> list[int]:
         """Shards owned now."""
         return sorted(self._shards)
-
-    def registry(self, shard: int) -> SeriesRegistry | None:
-        """The series of an owned shard (for telemetry and tests)."""
-        owner = self._shards.get(shard)
-        return None if owner is None else owner.registry
 
     def _new_engine(self) -> SpanMetricsEngine:
         return SpanMetricsEngine(self._stage1_config, self.clock)
@@ -441,9 +436,7 @@ class Worker:
             if part.unsent:
                 # The last recorded cut is not all acknowledged: finish it first, or a crash
                 # after the next cut is recorded would lose it.
-                await self._send_to_shards(part.unsent)
-                part.unsent = []
-                await self._commit({(self.source_topic, part.partition): part.unsent_end})
+                await self._send_cut(part)
             async with part.read_lock:
                 cut = part.due_cut(replay_done)
                 if cut is None:
@@ -461,18 +454,20 @@ class Worker:
             )  # fmt: skip
             part.unsent_end = cut.end
             self.stats.counters["cuts"] += 1
-            await self._send_to_shards(part.unsent)
-            part.unsent = []
-            await self._commit({(self.source_topic, part.partition): cut.end})
+            await self._send_cut(part)
 
-    async def _send_to_shards(self, records: list[ShardRecord]) -> None:
+    async def _send_cut(self, part: InputPartition) -> None:
+        """Send the records of the partition's recorded cut; once the broker has them all,
+        the cut is done and its end is committed."""
         await asyncio.gather(
             *(
                 self._sender.send(self.deltas_topic, value, str(shard).encode(), (), shard)
-                for shard, value in records
+                for shard, value in part.unsent
             )
         )
-        self.stats.counters["delta_records_sent"] += len(records)
+        self.stats.counters["delta_records_sent"] += len(part.unsent)
+        part.unsent = []
+        await self._commit({(self.source_topic, part.partition): part.unsent_end})
 
     # ---------------------------------------------------------------- stage 2
 

@@ -21,7 +21,6 @@ or not at all, and never from a worker that lost the partition or shard.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 from urllib.parse import urlparse
@@ -386,10 +385,6 @@ class RedisStateStore:
         async for key in self._redis.scan_iter(match=f"{self.prefix}:*", count=1000):
             total += int(await self._redis.memory_usage(key, samples=0) or 0)
         return total
-
-    async def keys(self) -> Iterable[bytes]:
-        """Every key of this group (for tests and benchmarks)."""
-        return [k async for k in self._redis.scan_iter(match=f"{self.prefix}:*", count=1000)]
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -56,6 +56,7 @@ class SimConfig:
     delta: bool
     limit: int
     expiration_s: float
+    resource_expiration_s: float
     partitions: int
     shards: int
     records: int
@@ -64,6 +65,11 @@ class SimConfig:
     fault_rate: float
     #: Small limits, so that cuts and outputs are split over several records.
     small_records: bool
+
+    @property
+    def expiring(self) -> bool:
+        """Whether series may expire (and come back as new streams)."""
+        return bool(self.expiration_s or self.resource_expiration_s)
 
     def topology(self) -> Topology:
         """The topology of the run."""
@@ -76,6 +82,7 @@ class SimConfig:
                     + ("DELTA" if self.delta else "CUMULATIVE"),
                     "aggregation_cardinality_limit": self.limit,
                     "series_expiration": self.expiration_s,
+                    "metrics_expiration": self.resource_expiration_s,
                     "dimensions": [{"name": USER}] if self.limit else [],
                     "exemplars": {"enabled": True, "max_per_data_point": 2},
                 },
@@ -100,6 +107,7 @@ def draw_config(rng: random.Random) -> SimConfig:
         delta=rng.random() < 0.4,
         limit=rng.choice([0, 0, 0, 3]),
         expiration_s=rng.choice([0.0, 0.0, 0.0, 4.0]),
+        resource_expiration_s=rng.choice([0.0, 0.0, 0.0, 0.0, 3.0]),
         partitions=rng.randint(1, 4),
         shards=rng.randint(1, 3),
         records=rng.randint(8, 30),
@@ -357,14 +365,14 @@ def _check_series(key: Any, points: list[Point], config: SimConfig) -> list[str]
                 problems.append(f"{key}: two delta points for ({s0}, {t0}]: {v0} and {v1}")
             elif s1 < t0:
                 problems.append(f"{key}: delta points overlap: ({s0}, {t0}] and ({s1}, {t1}]")
-            elif s1 != t0 and not config.expiration_s:
+            elif s1 != t0 and not config.expiring:
                 problems.append(f"{key}: gap between delta points ({s0}, {t0}] and ({s1}, {t1}]")
         for s, t, v in unique:
             if not s < t or v <= 0:
                 problems.append(f"{key}: bad delta point ({s}, {t}] = {v}")
         return problems
     streams = _streams(points)
-    if len(streams) > 1 and not config.expiration_s:
+    if len(streams) > 1 and not config.expiring:
         problems.append(f"{key}: published with {len(streams)} start times {sorted(streams)}")
     previous_end = None
     for start in sorted(streams):
