@@ -88,6 +88,11 @@ class Log:
         log.append(Record(len(log), key, value, tuple(headers), sender))
         return len(log) - 1
 
+    def add_partitions(self, topic: str, count: int) -> None:
+        """Grow ``topic`` to ``count`` partitions (as ``kafka-topics --alter``)."""
+        partitions = self.topics[topic]
+        partitions += [[] for _ in range(count - len(partitions))]
+
     def partitions(self, topic: str) -> int:
         """Number of partitions of ``topic``."""
         return len(self.topics[topic])

@@ -394,3 +394,45 @@ async def settle_until_parked(fleet: SimFleet, label: str) -> None:
         for seq in list(fleet.sched.parked):
             fleet.sched.resume(seq)
     raise AssertionError(f"nothing parked at {label}")
+
+
+def test_a_span_is_published_by_the_second_flush_after_it_was_read() -> None:
+    """The latency the README states: one flush cuts the span's partition, the shard
+    owner's next flush publishes it."""
+
+    async def scenario() -> list[int]:
+        fleet = SimFleet(topology(), partitions=1)
+        a = fleet.start("a")
+        await fleet.rebalance({"a": fleet.all_partitions()})
+        fleet.produce(0, one_span())
+        published = []
+        for _ in range(2):
+            await fleet.deliver_all(a)
+            fleet.clock.advance(1)
+            await a.worker.flush()
+            published.append(sum(latest(fleet).values()))
+        return published
+
+    assert run(scenario()) == [0, 1]
+
+
+def test_input_partitions_can_be_added_to_a_running_fleet() -> None:
+    async def scenario() -> SimFleet:
+        fleet = SimFleet(topology(), partitions=2, shards=2)
+        fleet.start("a"), fleet.start("b")
+        tps = fleet.all_partitions()
+        await fleet.rebalance({"a": tps[::2], "b": tps[1::2]})
+        for p in range(2):
+            fleet.produce(p, one_span())
+        await fleet.pump()
+        fleet.log.add_partitions(fleet.source, 4)  # the shards stay as they are
+        tps = fleet.all_partitions()
+        await fleet.rebalance({"a": tps[1::2], "b": tps[::2]})
+        for p in range(4):
+            fleet.produce(p, one_span())
+        await fleet.pump()
+        return fleet
+
+    fleet = run(scenario())
+    assert latest(fleet) == expected_calls(fleet.inputs)
+    assert sum(latest(fleet).values()) == 6
