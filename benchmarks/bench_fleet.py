@@ -27,7 +27,6 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,8 +36,9 @@ import yaml  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 
 from spanmetrics.aggregate.engine import SpanMetricsEngine  # noqa: E402
+from spanmetrics.aggregate.points import MetricNames  # noqa: E402
 from spanmetrics.config.load import parse_topology  # noqa: E402
-from spanmetrics.decode import decode_metrics  # noqa: E402
+from spanmetrics.dev.live import FleetView  # noqa: E402
 from spanmetrics.kafka.admin import ensure_topics  # noqa: E402
 from spanmetrics.kafka.broker import EmbeddedBroker  # noqa: E402
 from spanmetrics.model.clock import SystemClock  # noqa: E402
@@ -129,39 +129,25 @@ def drop_state(group: str) -> None:
 
 
 class Published:
-    """The metrics topic as a consumer sees it: latest calls per series, worker telemetry."""
+    """The metrics topic as the live view reads it, and the workers' span count sampled at
+    each of their telemetry records."""
 
     def __init__(self) -> None:
-        self.calls: dict[Any, int] = {}
-        self.telemetry: dict[bytes, dict[str, float]] = {}
+        self.view = FleetView(MetricNames.for_namespace("traces.span.metrics", "ms"))
         self.samples: list[tuple[float, int]] = []
 
     def add(self, key: bytes | None, value: bytes) -> None:
-        request = decode_metrics(value, "otlp_proto")
+        self.view.add_record(key, value)
         if key and key.startswith(b"worker-"):
-            readings: dict[str, float] = {}
-            for rm in request.resource_metrics:
-                for m in rm.scope_metrics[0].metrics:
-                    points = m.sum.data_points if m.HasField("sum") else m.gauge.data_points
-                    readings[m.name.rsplit(".", 1)[-1]] = sum(
-                        p.as_int or p.as_double for p in points
-                    )
-            self.telemetry[key] = readings
-            received = sum(int(t.get("spans_received", 0)) for t in self.telemetry.values())
-            self.samples.append((time.monotonic(), received))
-            return
-        for rm in request.resource_metrics:
-            resource = rm.resource.SerializeToString()
-            for sm in rm.scope_metrics:
-                for m in sm.metrics:
-                    if m.name.endswith(".calls"):
-                        for p in m.sum.data_points:
-                            labels = tuple((kv.key, kv.value.string_value) for kv in p.attributes)
-                            self.calls[(resource, labels)] = p.as_int
+            workers = self.view.workers.values()
+            self.samples.append(
+                (time.monotonic(), sum(int(t.get("spans_received", 0)) for t in workers))
+            )
 
     @property
     def total(self) -> int:
-        return sum(self.calls.values())
+        """Calls published so far."""
+        return self.view.total_calls
 
 
 async def run_fleet(
@@ -236,8 +222,8 @@ async def run_fleet(
     first, last = busy[0], next((t, n) for t, n in busy if n == final)
     steady = (last[1] - first[1]) / max(last[0] - first[0], 1e-9)
     flushes = max(wall, 1.0)  # 1 s flushes
-    written = sum(t.get("checkpoint_bytes_written", 0) for t in published.telemetry.values())
-    series = len(published.calls)
+    written = sum(t.get("checkpoint_bytes_written", 0) for t in published.view.workers.values())
+    series = len(published.view.streams)
     stored, _ = state_bytes(group)
     drop_state(group)
     return {

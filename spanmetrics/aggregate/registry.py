@@ -287,20 +287,15 @@ class SeriesRegistry:
 
     def cumulative(self, time_ns: int) -> MetricsSnapshot:
         """Every series as a cumulative point at ``time_ns`` (a :meth:`stamp`)."""
-        out: list[ResourcePoints] = []
-        for res in self.resources.values():
-            points = ResourcePoints(res.resource)
-            points.series = [
-                SeriesPoint(labels, s.start_ns, time_ns, s.calls, s.duration, s.exemplars)
-                for labels, s in res.series.items()
-            ]
-            points.events = [
-                EventsPoint(labels, s.start_ns, time_ns, s.calls)
-                for labels, s in res.events.items()
-            ]
-            if points.series or points.events:
-                out.append(points)
-        return MetricsSnapshot(self.names, Temporality.CUMULATIVE, time_ns, out)
+        return self.final_points(
+            [
+                (res, kind, labels, state)
+                for res in self.resources.values()
+                for kind in KINDS
+                for labels, state in res.table(kind).items()
+            ],
+            time_ns,
+        )
 
     def take_delta(self, time_ns: int) -> tuple[MetricsSnapshot, DeltaTaken]:
         """Delta points of everything not yet published, ending at ``time_ns`` (a
@@ -396,13 +391,11 @@ class SeriesRegistry:
         self._removed_resources.add(res.rid)
         return removed
 
-    @staticmethod
-    def final_points(
-        removed: list[ChangedSeries], names: MetricNames, time_ns: int
-    ) -> MetricsSnapshot:
-        """The last cumulative points of removed series, at ``time_ns``."""
+    def final_points(self, entries: list[ChangedSeries], time_ns: int) -> MetricsSnapshot:
+        """Cumulative points of these series (removed ones: their last points) at
+        ``time_ns``, grouped by resource."""
         by_resource: dict[bytes, ResourcePoints] = {}
-        for res, kind, labels, s in removed:
+        for res, kind, labels, s in entries:
             points = by_resource.get(res.rid)
             if points is None:
                 points = by_resource[res.rid] = ResourcePoints(res.resource)
@@ -412,7 +405,9 @@ class SeriesRegistry:
                 )
             else:
                 points.events.append(EventsPoint(labels, s.start_ns, time_ns, s.calls))
-        return MetricsSnapshot(names, Temporality.CUMULATIVE, time_ns, list(by_resource.values()))
+        return MetricsSnapshot(
+            self.names, Temporality.CUMULATIVE, time_ns, list(by_resource.values())
+        )
 
     def _forget(self, rid: bytes, kind: Kind, labels: Attributes) -> None:
         sid = series_id(rid, kind, labels)

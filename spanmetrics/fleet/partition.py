@@ -69,18 +69,15 @@ class InputPartition:
         group's position or ``source.initial_offset`` decides)."""
         return self.next_offset if self.next_offset >= 0 else None
 
-    def read(self, offset: int, value: bytes, encoding: Encoding) -> bool:
+    def read(self, offset: int, value: bytes, encoding: Encoding) -> None:
         """Aggregate one record at ``offset`` (at or after :attr:`next_offset`).
 
-        Returns whether offsets jumped over a gap before it. Raises ``DecodeError`` for an
-        undecodable record, which then still counts as read.
+        Raises ``DecodeError`` for an undecodable record, which then still counts as read.
         """
         if self.start < 0:
             self.start = offset
-        gap = 0 <= self.next_offset < offset
         self.next_offset = offset + 1
         self.engine.consume_record(value, encoding)
-        return gap
 
     def due_cut(self, replay_done: bool = False) -> Cut | None:
         """The cut to record now, or None when there is nothing to cut yet.

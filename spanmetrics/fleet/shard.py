@@ -203,7 +203,7 @@ class ShardOwner:
                 [*self._unsaved_finals, (stamp_ns, removed)] if removed else self._unsaved_finals
             )
             for expired_ns, series in finals:
-                points = registry.final_points(series, registry.names, expired_ns)
+                points = registry.final_points(series, expired_ns)
                 pending += output.records(output.requests(points))
             outputs = pending + output.records(cumulative or [])
         changes = registry.changes()

@@ -419,15 +419,6 @@ class SimFleet:
 
     # -------------------------------------------------------------- delivery
 
-    def next_record(self, node: Node, topic: str) -> tuple[TopicPartition, Record] | None:
-        """The first deliverable record of ``topic`` for ``node``, in partition order."""
-        for tp in sorted(tp for tp in node.assigned if tp[0] == topic):
-            offset = node.fetch.get(tp, 0)
-            records = self.log.topics[tp[0]][tp[1]]
-            if offset < len(records):
-                return tp, records[offset]
-        return None
-
     def deliverable(self, node: Node, topic: str) -> list[tuple[TopicPartition, Record]]:
         """Every record ``node`` could be delivered next on ``topic``."""
         out = []
@@ -447,8 +438,8 @@ class SimFleet:
         """Scripted: deliver everything available to ``node``; returns how many."""
         n = 0
         for topic in (self.source, self.deltas):
-            while (item := self.next_record(node, topic)) is not None:
-                await self.deliver(node, *item)
+            while items := self.deliverable(node, topic):
+                await self.deliver(node, *items[0])
                 n += 1
         return n
 
