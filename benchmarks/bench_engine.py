@@ -35,10 +35,10 @@ from spanmetrics.aggregate.engine import SpanMetricsEngine  # noqa: E402
 from spanmetrics.config.load import load_topology, parse_topology  # noqa: E402
 from spanmetrics.config.model import SpanMetricsConfig  # noqa: E402
 from spanmetrics.decode import decode_traces  # noqa: E402
+from spanmetrics.dev.synth import SpanGenerator  # noqa: E402
 from spanmetrics.export.otlp import snapshot_to_request  # noqa: E402
-from spanmetrics.model.clock import FakeClock  # noqa: E402
 from spanmetrics.model.enums import span_kind_name, status_code_name  # noqa: E402
-from spanmetrics.synth import SpanGenerator  # noqa: E402
+from tests.clock import FakeClock  # noqa: E402
 
 TARGET_SPANS_PER_S = 400_000
 TARGET_PARSE_RATIO = 3.0

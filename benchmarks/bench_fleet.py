@@ -38,11 +38,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from spanmetrics.aggregate.engine import SpanMetricsEngine  # noqa: E402
 from spanmetrics.aggregate.points import MetricNames  # noqa: E402
 from spanmetrics.config.load import parse_topology  # noqa: E402
+from spanmetrics.dev.broker import EmbeddedBroker  # noqa: E402
 from spanmetrics.dev.live import FleetView  # noqa: E402
+from spanmetrics.dev.synth import SpanGenerator, encode_request  # noqa: E402
 from spanmetrics.kafka.admin import ensure_topics  # noqa: E402
-from spanmetrics.kafka.broker import EmbeddedBroker  # noqa: E402
 from spanmetrics.model.clock import SystemClock  # noqa: E402
-from spanmetrics.synth import SpanGenerator, encode_request  # noqa: E402
 
 TARGET_PER_WORKER = 150_000
 TARGET_STATE_RATIO = 1.5

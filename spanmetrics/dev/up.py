@@ -21,9 +21,9 @@ from pathlib import Path
 
 from spanmetrics.aggregate.points import MetricNames
 from spanmetrics.config.model import Topology
+from spanmetrics.dev.broker import EmbeddedBroker
 from spanmetrics.dev.live import run_live
 from spanmetrics.kafka.admin import ensure_topics
-from spanmetrics.kafka.broker import EmbeddedBroker
 
 #: Lines of a dead process's log shown on the screen.
 _LOG_LINES = 25

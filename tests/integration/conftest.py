@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
+from spanmetrics.dev.broker import EmbeddedBroker
 from spanmetrics.kafka.admin import bootstrap_servers, topic_partitions
-from spanmetrics.kafka.broker import EmbeddedBroker
 
 #: Redis used by the integration tests; a db of its own, and still only prefixed keys.
 REDIS_URL = os.environ.get("SPANMETRICS_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")

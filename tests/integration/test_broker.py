@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from spanmetrics.dev.broker import BrokerError, EmbeddedBroker, find_free_port, resolve_binary
 from spanmetrics.kafka.admin import create_topic, ensure_topics, topic_partitions
-from spanmetrics.kafka.broker import BrokerError, EmbeddedBroker, find_free_port, resolve_binary
 from tests.integration.conftest import consume_until
 
 pytestmark = pytest.mark.integration

@@ -25,9 +25,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from spanmetrics.aggregate.attributes import any_value_to_str
 from spanmetrics.decode import decode_metrics
+from spanmetrics.dev.synth import SpanGenerator, encode_request
 from spanmetrics.kafka.admin import ensure_topics
 from spanmetrics.model.enums import span_kind_name, status_code_name
-from spanmetrics.synth import SpanGenerator, encode_request
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ import yaml
 from aiokafka import AIOKafkaProducer
 
 from spanmetrics.kafka.admin import ensure_topics
-from spanmetrics.synth import encode_request
+from spanmetrics.dev.synth import encode_request
 from tests.builders import ERROR, SERVER, UNSET, request, resource, span
 from tests.integration.prometheus import Prometheus, wait_for
 from tests.integration.test_fleet_exactness import Fleet

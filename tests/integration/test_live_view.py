@@ -15,8 +15,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from spanmetrics.aggregate.points import MetricNames
 from spanmetrics.dev.live import FleetView
+from spanmetrics.dev.synth import SpanGenerator, encode_request
 from spanmetrics.kafka.admin import ensure_topics
-from spanmetrics.synth import SpanGenerator, encode_request
 from tests.integration.test_fleet_exactness import Fleet
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,8 @@ import pytest
 
 from spanmetrics.cli import main
 from spanmetrics.decode import decode_traces
-from spanmetrics.kafka.admin import topic_partitions
-from spanmetrics.kafka.broker import EmbeddedBroker
-from spanmetrics.loadgen import (
+from spanmetrics.dev.broker import EmbeddedBroker
+from spanmetrics.dev.loadgen import (
     LoadgenConfig,
     LoadgenResult,
     LoadgenStats,
@@ -25,6 +24,7 @@ from spanmetrics.loadgen import (
     load_expected,
     produce,
 )
+from spanmetrics.kafka.admin import topic_partitions
 from tests.integration.conftest import consume_until
 
 pytestmark = pytest.mark.integration

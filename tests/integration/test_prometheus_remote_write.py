@@ -22,7 +22,7 @@ from spanmetrics.export.prometheus import (
     RemoteWriteError,
     encode_write_request,
 )
-from spanmetrics.model.clock import FakeClock
+from tests.clock import FakeClock
 from tests.builders import ERROR, SERVER, UNSET, request, resource, span
 from tests.integration.prometheus import Prometheus, wait_for
 

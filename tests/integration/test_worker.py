@@ -19,8 +19,8 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from spanmetrics.decode import decode_metrics
+from spanmetrics.dev.synth import encode_request
 from spanmetrics.kafka.admin import ensure_topics
-from spanmetrics.synth import encode_request
 from tests.builders import request, resource, span
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ from spanmetrics.aggregate.engine import SpanMetricsEngine
 from spanmetrics.aggregate.expohist import ExpoHistogram
 from spanmetrics.aggregate.points import MetricsSnapshot
 from spanmetrics.config.load import parse_topology
-from spanmetrics.model.clock import FakeClock
 from tests.builders import request, resource, span
+from tests.clock import FakeClock
 
 pytestmark = pytest.mark.property
 

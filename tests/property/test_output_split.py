@@ -17,8 +17,8 @@ from spanmetrics.aggregate.points import MetricsSnapshot
 from spanmetrics.config.load import parse_topology
 from spanmetrics.decode import decode_metrics
 from spanmetrics.export.otlp import encode_records, snapshot_to_request, snapshot_to_requests
-from spanmetrics.model.clock import FakeClock
 from tests.builders import request, resource, span
+from tests.clock import FakeClock
 
 pytestmark = pytest.mark.property
 

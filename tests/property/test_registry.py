@@ -20,7 +20,6 @@ from spanmetrics.aggregate.points import MetricNames, MetricsSnapshot
 from spanmetrics.aggregate.registry import SeriesRegistry
 from spanmetrics.aggregate.resources import resource_identity, shard_of
 from spanmetrics.config.load import parse_topology
-from spanmetrics.model.clock import FakeClock
 from spanmetrics.state.codec import (
     CutHeader,
     HistogramSpec,
@@ -30,6 +29,7 @@ from spanmetrics.state.codec import (
     encode_series_state,
 )
 from tests.builders import request, resource, span
+from tests.clock import FakeClock
 
 pytestmark = pytest.mark.property
 

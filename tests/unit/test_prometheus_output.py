@@ -16,8 +16,8 @@ from spanmetrics.export.prometheus import (
 )
 from spanmetrics.export.prometheus.native import bucket_counts
 from spanmetrics.export.prometheus.proto import metrics_pb2
-from spanmetrics.model.clock import FakeClock
 from tests.builders import ERROR, SERVER, request, resource, span
+from tests.clock import FakeClock
 
 PODS = [{"service.name": "cart", "k8s.pod.name": f"cart-{i}"} for i in range(2)]
 

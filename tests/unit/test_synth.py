@@ -12,7 +12,7 @@ from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from spanmetrics.aggregate.sampling import adjusted_count
-from spanmetrics.synth import (
+from spanmetrics.dev.synth import (
     DEFAULT_SERVICES,
     Call,
     Operation,

@@ -2,7 +2,7 @@
 writes them. Modelled on the Collector's ``telemetrygen``.
 
 Each record value is one ``ExportTraceServiceRequest`` (``otlp_proto``) or its OTLP/JSON form
-(``otlp_json``) made by :class:`spanmetrics.synth.SpanGenerator`. Keys follow the exporter:
+(``otlp_json``) made by :class:`spanmetrics.dev.synth.SpanGenerator`. Keys follow the exporter:
 
 - ``nil`` (the exporter's default): no key, ``spans_per_record`` spans of many traces,
   services and pods per record;
@@ -44,9 +44,9 @@ from typing import Any, Literal, NamedTuple, get_args
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from spanmetrics.decode import ENCODINGS, Encoding
+from spanmetrics.dev.synth import DEFAULT_SERVICES, SpanGenerator, encode_request
 from spanmetrics.kafka.admin import bootstrap_servers, ensure_topics
 from spanmetrics.model.enums import span_kind_name, status_code_name
-from spanmetrics.synth import DEFAULT_SERVICES, SpanGenerator, encode_request
 
 __all__ = [
     "DEFAULT_RATE",

