@@ -186,7 +186,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(
         f"  temporality: {sm.aggregation_temporality}, flush every {sm.metrics_flush_interval:g}s"
     )
-    print(f"  dimensions: {', '.join(d.name for d in sm.dimensions) or '(intrinsic only)'}")
+    print(f"  dimensions: {', '.join(d.key for d in sm.all_dimensions) or '(intrinsic only)'}")
     for sink in topology.sinks:
         print(f"  sink: {sink.model_dump(exclude_none=True)}")
     return 0

@@ -31,13 +31,13 @@ from spanmetrics.aggregate.dimensions import (
     DimensionPlan,
     ScopeDimensions,
     SpanKey,
+    metric_names,
 )
 from spanmetrics.aggregate.explicit import ExplicitHistogramColumns
 from spanmetrics.aggregate.expohist_columns import ExpoHistogramColumns
 from spanmetrics.aggregate.points import (
     EventsPoint,
     Exemplar,
-    MetricNames,
     MetricsSnapshot,
     ResourcePoints,
     SeriesPoint,
@@ -188,7 +188,7 @@ class SpanMetricsEngine:
         self.config = config
         self.clock = clock
         self.plan = DimensionPlan(config)
-        self.names = MetricNames.for_namespace(config.namespace, config.histogram.unit)
+        self.names = metric_names(config)
         self.temporality = Temporality.DELTA if config.is_delta else Temporality.CUMULATIVE
         self.counters: Counter[str] = Counter()
         self._ns_per_unit = _NS_PER_UNIT[config.histogram.unit]
@@ -271,7 +271,9 @@ class SpanMetricsEngine:
         if not read:
             return
         self.counters[SPANS_RECEIVED] += len(read)
-        keys = self.plan.exclude(list(map(_KEY, read)))
+        keys = self.plan.with_sampling_method(
+            self.plan.exclude(list(map(_KEY, read))), map(_STATE, read)
+        )
         # fromiter with a known count fills one preallocated array, cheaper than np.array
         # on a list, which first scans it for shape and type. Durations are exact ints;
         # float64 takes any of them (no int64 overflow) and rounds as the uint64 -> float64

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
@@ -26,6 +28,11 @@ class Exemplar:
     """End time of the span."""
 
 
+#: Which metrics a series point feeds: both, or one of them when per-metric dimensions
+#: (``calls_dimensions``, ``histogram.dimensions``) give them different labels.
+PointRole = Literal["both", "calls", "duration"]
+
+
 @dataclass(frozen=True, slots=True)
 class SeriesPoint:
     """One series' calls and duration for one flush."""
@@ -36,6 +43,7 @@ class SeriesPoint:
     calls: int
     duration: ExpoHistogram | ExplicitHistogram | None
     exemplars: tuple[Exemplar, ...] = ()
+    role: PointRole = "both"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +66,64 @@ class ResourcePoints:
 
 
 @dataclass(frozen=True, slots=True)
+class LabelSplit:
+    """Labels that only one of the calls and duration metrics carries.
+
+    Series are kept by all their labels; at output, each metric's points are summed over
+    the labels it does not carry (exact: counts and histograms add).
+    """
+
+    calls_only: frozenset[str] = frozenset()
+    """Label names on the calls metric only."""
+    duration_only: frozenset[str] = frozenset()
+    """Label names on the duration metric only."""
+    calls_only_globs: tuple[re.Pattern[str], ...] = ()
+    """Glob dimensions (compiled) whose labels are on the calls metric only."""
+    duration_only_globs: tuple[re.Pattern[str], ...] = ()
+    """Glob dimensions (compiled) whose labels are on the duration metric only."""
+    not_globbed: frozenset[str] = frozenset()
+    """Labels that never come from a glob (intrinsic, named and scope labels)."""
+
+    @property
+    def splits(self) -> bool:
+        """Whether the two metrics have different labels at all."""
+        return bool(
+            self.calls_only or self.duration_only or self.calls_only_globs
+            or self.duration_only_globs
+        )  # fmt: skip
+
+    def calls_labels(self, attributes: Attributes) -> Attributes:
+        """The labels of a series on the calls metric."""
+        return self._without(attributes, self.duration_only, self.duration_only_globs)
+
+    def duration_labels(self, attributes: Attributes) -> Attributes:
+        """The labels of a series on the duration metric."""
+        return self._without(attributes, self.calls_only, self.calls_only_globs)
+
+    def _without(
+        self, attributes: Attributes, names: frozenset[str], globs: tuple[re.Pattern[str], ...]
+    ) -> Attributes:
+        protected = self.not_globbed
+        return tuple(
+            (k, v)
+            for k, v in attributes
+            if k not in names and (k in protected or not any(pattern.match(k) for pattern in globs))
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class MetricNames:
-    """Metric names and unit derived from ``namespace`` and ``histogram.unit``."""
+    """Metric names and unit derived from ``namespace`` and ``histogram.unit``, and how
+    the output carries labels and resources."""
 
     calls: str
     duration: str
     events: str
     unit: str
+    split: LabelSplit = LabelSplit()
+    """Labels on one metric only."""
+    copy_resource: bool = True
+    """Whether output resources carry the spans' resource attributes."""
 
     @classmethod
     def for_namespace(cls, namespace: str, unit: str) -> MetricNames:

@@ -55,5 +55,8 @@ DEFAULT_EVENTS_ENABLED: Final = False
 
 #: Naming profile of the Prometheus sinks.
 DEFAULT_PROMETHEUS_NAMING: Final = "otel"
+#: How the remote-write sink writes histograms: native and classic, so that both native
+#: queries and classic ``by (le)`` queries (Jaeger SPM's) read them.
+DEFAULT_PROMETHEUS_HISTOGRAMS: Final = "both"
 #: Scrape port of the ``prometheus`` sink.
 DEFAULT_SCRAPE_PORT: Final = 9464

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from spanmetrics.config.model import Topology
+from spanmetrics.config.model import RETIRED_KEYS, Topology
 
 
 class ConfigError(Exception):
@@ -35,17 +37,62 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
 _PATH_FIRST = re.compile(r"^(source|spanmetrics|sinks|state)[\w.\[\]]*: ")
 
 
+#: A message of a check on a whole block that names the key inside the block it is about.
+_RELATIVE_PATH = re.compile(r"^([a-z_]+)([\w.\[\]]*): (.*)$", re.S)
+
+
 def _describe(error: Any) -> str:
     msg = str(error["msg"]).removeprefix("Value error, ")
     if not error["loc"] and _PATH_FIRST.match(msg):
         return msg
+    relative = _RELATIVE_PATH.match(msg)
+    if relative and error["loc"]:
+        model = _model_at((*error["loc"], ""))
+        if model is not None and relative.group(1) in model.model_fields:
+            path = _key_path((*tuple(error["loc"]), relative.group(1))) + relative.group(2)
+            return f"{path}: {relative.group(3)}"
     if error["type"] == "extra_forbidden":
-        msg = "unknown key"
+        msg = _unknown_key(tuple(error["loc"]))
     elif error["type"] in ("literal_error", "missing", "value_error"):
         pass  # these messages already show the value, or there is none
     elif "input" in error and not isinstance(error["input"], dict | list):
         msg = f"{msg} (got {error['input']!r})"
     return f"{_key_path(tuple(error['loc']))}: {msg}"
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The config model that holds the key at ``loc`` (its last part)."""
+    model: type[BaseModel] | None = Topology
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue  # an item of a list: the list's item model, found below
+        field = model.model_fields.get(part)
+        model = _model_in(field.annotation) if field is not None else None
+    return model
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    """The model class inside an annotation such as ``X | None`` or ``tuple[X, ...]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _unknown_key(loc: tuple[int | str, ...]) -> str:
+    """ "unknown key", with the key that replaced a retired one, or the closest known key."""
+    key = str(loc[-1])
+    if key in RETIRED_KEYS:
+        return f"retired key: use {RETIRED_KEYS[key]}"
+    model = _model_at(loc)
+    if model is not None:
+        close = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.6)
+        if close:
+            return f"unknown key; did you mean {close[0]!r}?"
+    return "unknown key"
 
 
 def parse_topology(document: object, source: str = "<topology>") -> Topology:

@@ -6,10 +6,19 @@ Defaults come from :mod:`spanmetrics.config.defaults`.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from spanmetrics.config import defaults
 from spanmetrics.config.durations import parse_duration, parse_duration_s
@@ -24,24 +33,72 @@ DurationSeconds = Annotated[float, BeforeValidator(parse_duration_s)]
 
 #: Dimension names the engine sets itself; configuring one of them would be ambiguous.
 INTRINSIC_DIMENSIONS = ("service.name", "span.name", "span.kind", "status.code")
+#: The dimension ``enable_metrics_sampling_method`` adds.
+SAMPLING_METHOD_LABEL = "sampling.method"
 #: Intrinsic dimensions that ``exclude_dimensions`` may drop (a series needs its service).
 EXCLUDABLE_DIMENSIONS = ("span.name", "span.kind", "status.code")
 
 
 class _Strict(BaseModel):
-    """Base: immutable, unknown keys rejected."""
+    """Base: immutable, unknown keys rejected, and an empty block means its defaults.
+
+    In YAML a key with nothing under it (``histogram:``) is null; the Collector reads such
+    a block as "all defaults", and so does every block here.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_block(cls, data: object) -> object:
+        return {} if data is None else data
+
+
+def _empty_block(value: object) -> object:
+    """For optional blocks (``explicit:``, ``exponential:``): given but empty means the
+    block with its defaults, not "absent"."""
+    return {} if value is None else value
+
 
 class Dimension(_Strict):
-    """One extra dimension, looked up in span attributes first, then resource attributes."""
+    """One extra dimension, looked up in span attributes first, then resource attributes.
 
-    name: str = Field(min_length=1)
+    Either ``name`` (one attribute) or ``glob`` (every attribute whose key matches).
+    """
+
+    name: str | None = Field(default=None, min_length=1)
     """Attribute key, also the label name on the output."""
     default: str | None = None
     """Value used when neither the span nor its resource has the attribute. When unset,
-    such a series simply has no label of that name."""
+    such a series simply has no label of that name. Not allowed with ``glob``."""
+    glob: str | None = Field(default=None, min_length=1)
+    """A pattern of attribute keys, as in the connector: ``*`` matches within one
+    ``.``-separated part of a key, ``**`` across parts, ``?`` one character. Every span
+    (then resource) attribute that matches becomes a dimension under its own key."""
+
+    @model_validator(mode="after")
+    def _name_or_glob(self) -> Dimension:
+        if (self.name is None) == (self.glob is None):
+            raise ValueError("a dimension has either 'name' or 'glob'")
+        if self.glob is not None and self.default is not None:
+            raise ValueError("a 'glob' dimension cannot have a 'default'")
+        return self
+
+    @property
+    def key(self) -> str:
+        """The name, or the glob pattern: what identifies this entry."""
+        return self.name if self.name is not None else f"glob:{self.glob}"
+
+
+def _check_dimensions(dims: tuple[Dimension, ...]) -> tuple[Dimension, ...]:
+    seen: set[str] = set()
+    for dim in dims:
+        if dim.name in INTRINSIC_DIMENSIONS:
+            raise ValueError(f"{dim.name!r} is an intrinsic dimension and is always present")
+        if dim.key in seen:
+            raise ValueError(f"dimension {dim.key!r} is listed twice")
+        seen.add(dim.key)
+    return dims
 
 
 class ExponentialHistogramConfig(_Strict):
@@ -65,10 +122,18 @@ def _bucket_ms(value: object) -> object:
 class ExplicitHistogramConfig(_Strict):
     """Classic histogram with fixed bounds, as the connector's default."""
 
-    buckets: tuple[Annotated[float, BeforeValidator(_bucket_ms)], ...] = (
-        defaults.DEFAULT_EXPLICIT_BUCKETS_MS
+    buckets: tuple[Annotated[float, BeforeValidator(_bucket_ms)], ...] = Field(
+        default=defaults.DEFAULT_EXPLICIT_BUCKETS_MS,
+        validate_default=False,
     )
-    """Upper bounds, strictly increasing: durations ("100ms", "2s") or numbers of ms."""
+    """Upper bounds, strictly increasing: durations ("100ms", "2s") or numbers of ms.
+    Empty or absent: the connector's default bounds."""
+
+    @field_validator("buckets", mode="before")
+    @classmethod
+    def _default_when_empty(cls, value: object) -> object:
+        # `buckets:` with nothing under it, as `explicit:` alone: the connector's bounds.
+        return defaults.DEFAULT_EXPLICIT_BUCKETS_MS if value is None else value
 
     @field_validator("buckets")
     @classmethod
@@ -91,6 +156,11 @@ class HistogramConfig(_Strict):
     """Exponential histogram settings; the default when neither kind is given."""
     explicit: ExplicitHistogramConfig | None = None
     """Explicit-bucket histogram settings."""
+    dimensions: tuple[Dimension, ...] = ()
+    """Extra dimensions on the duration metric only (after ``spanmetrics.dimensions``)."""
+
+    _checked_dimensions = field_validator("dimensions")(_check_dimensions)
+    _empty_kinds = field_validator("exponential", "explicit", mode="before")(_empty_block)
 
     @field_validator("unit")
     @classmethod
@@ -131,14 +201,49 @@ class EventsConfig(_Strict):
     enabled: bool = defaults.DEFAULT_EVENTS_ENABLED
     """Emit ``<namespace>.events``."""
     dimensions: tuple[Dimension, ...] = ()
-    """Extra dimensions looked up in each event's attributes."""
+    """Extra dimensions looked up in each event's attributes (by ``name``)."""
+
+    @field_validator("dimensions")
+    @classmethod
+    def _named(cls, dims: tuple[Dimension, ...]) -> tuple[Dimension, ...]:
+        if any(d.glob is not None for d in dims):
+            raise ValueError("event dimensions need a 'name'; 'glob' is not supported here")
+        return _check_dimensions(dims)
+
+
+#: The connector's feature gates that change names or labels, and what each does here.
+FEATURE_GATES: dict[str, str] = {
+    "spanmetrics.statusCodeConvention.useOtelPrefix": (
+        "the status label is otel.status_code = OK | ERROR, left out for Unset"
+    ),
+    "connector.spanmetrics.useSecondAsDefaultMetricsUnit": (
+        "histogram.unit defaults to s instead of ms"
+    ),
+    "connector.spanmetrics.legacyMetricNames": "namespace defaults to empty: bare calls, duration",
+    "connector.spanmetrics.excludeResourceMetrics": (
+        "output resources carry no attributes, unless add_resource_attributes is true"
+    ),
+    "connector.spanmetrics.includeCollectorInstanceID": (
+        "accepted and ignored: a fleet has no one collector instance, and a per-worker "
+        "label would give every series one writer per worker"
+    ),
+}
+
+#: Keys of older connector and processor versions, and what replaced them.
+RETIRED_KEYS: dict[str, str] = {
+    "latency_histogram_buckets": "histogram.explicit.buckets",
+    "metrics_exporter": "sinks (a connector routes metrics through pipelines instead)",
+    "quantiles": "histogram.exponential (quantiles are computed when queried)",
+}
 
 
 class SpanMetricsConfig(_Strict):
     """The Collector spanmetrics connector's keys, accepted verbatim."""
 
     dimensions: tuple[Dimension, ...] = ()
-    """Extra dimensions from span (then resource) attributes."""
+    """Extra dimensions from span (then resource) attributes, on every metric."""
+    calls_dimensions: tuple[Dimension, ...] = ()
+    """Extra dimensions on the calls metric only (after ``dimensions``)."""
     exclude_dimensions: tuple[str, ...] = ()
     """Intrinsic dimensions to leave out: any of ``span.name``, ``span.kind``, ``status.code``."""
     histogram: HistogramConfig = HistogramConfig()
@@ -171,6 +276,47 @@ class SpanMetricsConfig(_Strict):
     """Accepted for compatibility; ignored: expirations and the cardinality limit bound state."""
     metric_timestamp_cache_size: int | None = None
     """Accepted for compatibility; ignored: delta start times are kept per live series."""
+    add_resource_attributes: bool = False
+    """With the ``connector.spanmetrics.excludeResourceMetrics`` gate on: copy resource
+    attributes into the output anyway (the connector's old behaviour). Without the gate
+    they are always copied."""
+    enable_metrics_sampling_method: bool = False
+    """Add the dimension ``sampling.method``: ``extrapolated`` for spans whose tracestate
+    carries a sampling threshold (``ot=th:``), so that their count is an estimate, and
+    ``counted`` for the others."""
+    feature_gates: tuple[str, ...] = ()
+    """Connector feature gates to turn on, by their Collector id (see ``FEATURE_GATES``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gate_defaults(cls, data: object) -> object:
+        # Gates change defaults only: a key given in the topology always wins.
+        if not isinstance(data, dict):
+            return data
+        gates = data.get("feature_gates") or ()
+        if not isinstance(gates, list | tuple):
+            return data
+        data = dict(data)
+        if "connector.spanmetrics.legacyMetricNames" in gates and "namespace" not in data:
+            data["namespace"] = ""
+        if "connector.spanmetrics.useSecondAsDefaultMetricsUnit" in gates:
+            histogram = data.get("histogram")
+            histogram = dict(histogram) if isinstance(histogram, dict) else {}
+            histogram.setdefault("unit", "s")
+            data["histogram"] = histogram
+        return data
+
+    @field_validator("feature_gates")
+    @classmethod
+    def _known_gates(cls, gates: tuple[str, ...]) -> tuple[str, ...]:
+        for gate in gates:
+            if gate not in FEATURE_GATES:
+                close = difflib.get_close_matches(gate, FEATURE_GATES, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(
+                    f"unknown feature gate {gate!r}{hint} Known gates: " + ", ".join(FEATURE_GATES)
+                )
+        return gates
 
     @field_validator("exclude_dimensions")
     @classmethod
@@ -183,17 +329,76 @@ class SpanMetricsConfig(_Strict):
                 )
         return names
 
-    @field_validator("dimensions")
+    @field_validator("dimensions", "calls_dimensions")
     @classmethod
     def _no_reserved(cls, dims: tuple[Dimension, ...]) -> tuple[Dimension, ...]:
-        seen: set[str] = set()
-        for dim in dims:
-            if dim.name in INTRINSIC_DIMENSIONS:
-                raise ValueError(f"{dim.name!r} is an intrinsic dimension and is always present")
-            if dim.name in seen:
-                raise ValueError(f"dimension {dim.name!r} is listed twice")
-            seen.add(dim.name)
-        return dims
+        return _check_dimensions(dims)
+
+    @model_validator(mode="after")
+    def _disjoint_dimensions(self) -> SpanMetricsConfig:
+        # One name is one label: it cannot be both on every metric and on one of them.
+        common = {d.key for d in self.dimensions}
+        for key, dims in (
+            ("calls_dimensions", self.calls_dimensions),
+            ("histogram.dimensions", self.histogram.dimensions),
+        ):
+            for dim in dims:
+                if dim.key in common:
+                    raise ValueError(
+                        f"{key}: {dim.key!r} is already in dimensions, which label every metric"
+                    )
+        if self.enable_metrics_sampling_method:
+            for dim in self.all_dimensions:
+                if dim.name == SAMPLING_METHOD_LABEL:
+                    raise ValueError(
+                        f"dimensions: {SAMPLING_METHOD_LABEL!r} is set by "
+                        "enable_metrics_sampling_method"
+                    )
+        return self
+
+    def gate(self, gate: str) -> bool:
+        """Whether a connector feature gate is on."""
+        return gate in self.feature_gates
+
+    @property
+    def all_dimensions(self) -> tuple[Dimension, ...]:
+        """Every configured dimension once: common ones, then calls-only, then duration-only
+        (a name in both per-metric lists is on both metrics)."""
+        out = list(self.dimensions)
+        seen = {d.key for d in out}
+        for dim in (*self.calls_dimensions, *self.histogram.dimensions):
+            if dim.key not in seen:
+                seen.add(dim.key)
+                out.append(dim)
+        return tuple(out)
+
+    @property
+    def calls_only_dimensions(self) -> frozenset[str]:
+        """Keys of dimensions that label the calls metric and not the duration metric."""
+        return frozenset(d.key for d in self.calls_dimensions) - {
+            d.key for d in self.histogram.dimensions
+        }
+
+    @property
+    def duration_only_dimensions(self) -> frozenset[str]:
+        """Keys of dimensions that label the duration metric and not the calls metric."""
+        return frozenset(d.key for d in self.histogram.dimensions) - {
+            d.key for d in self.calls_dimensions
+        }
+
+    @property
+    def status_label(self) -> str:
+        """The label of the span status: ``status.code``, or ``otel.status_code`` with the
+        ``useOtelPrefix`` gate."""
+        if self.gate("spanmetrics.statusCodeConvention.useOtelPrefix"):
+            return "otel.status_code"
+        return "status.code"
+
+    @property
+    def copies_resource_attributes(self) -> bool:
+        """Whether output resources carry the spans' resource attributes."""
+        excluded = self.gate("connector.spanmetrics.excludeResourceMetrics")
+        return not excluded or self.add_resource_attributes
 
     @field_validator("metrics_flush_interval")
     @classmethod
@@ -260,6 +465,8 @@ class KafkaSinkConfig(_Strict):
 
 
 NamingProfile = Literal["otel", "tempo"]
+#: How Prometheus sinks write histograms: native, classic ``_bucket`` series, or both.
+PrometheusHistograms = Literal["native", "classic", "both"]
 
 
 class PrometheusRemoteWriteSinkConfig(_Strict):
@@ -269,8 +476,11 @@ class PrometheusRemoteWriteSinkConfig(_Strict):
     """Remote-write URL, e.g. ``http://prometheus:9090/api/v1/write``."""
     naming: NamingProfile = defaults.DEFAULT_PROMETHEUS_NAMING
     """``otel`` (connector names after translation) or ``tempo``."""
-    histogram: Literal["native", "classic"] = "native"
-    """Native histograms, or classic ``_bucket`` series for older stores."""
+    histogram: PrometheusHistograms = defaults.DEFAULT_PROMETHEUS_HISTOGRAMS
+    """``both`` (native histograms and classic ``_bucket`` series: Jaeger's Monitor tab
+    and ``by (le)`` queries read the classic ones), ``native`` (one series per histogram,
+    for stores and dashboards that read native histograms only) or ``classic`` (stores
+    without native histograms)."""
 
 
 class PrometheusScrapeSinkConfig(_Strict):
@@ -320,8 +530,12 @@ class Topology(_Strict):
 
     source: SourceConfig = SourceConfig()
     """Input topic and encoding."""
-    spanmetrics: SpanMetricsConfig = SpanMetricsConfig()
-    """Aggregation settings, the connector's keys."""
+    spanmetrics: SpanMetricsConfig = Field(
+        default=SpanMetricsConfig(),
+        validation_alias=AliasChoices("spanmetrics", "span_metrics"),
+    )
+    """Aggregation settings, the connector's keys (``span_metrics``, the connector's
+    current type name, is accepted too)."""
     sinks: tuple[SinkConfig, ...] = Field(default_factory=_default_sinks)
     """Where metrics go; defaults to one Kafka sink on ``otlp_metrics``."""
     state: str = defaults.DEFAULT_STATE_URL

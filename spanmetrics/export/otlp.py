@@ -32,6 +32,7 @@ from spanmetrics.aggregate.points import (
     ResourcePoints,
     SeriesPoint,
 )
+from spanmetrics.aggregate.projection import project
 from spanmetrics.model.enums import Temporality
 from spanmetrics.otlpjson import message_to_otlp_json
 
@@ -98,8 +99,10 @@ def snapshot_to_request(snapshot: MetricsSnapshot) -> ExportMetricsServiceReques
     metrics of that resource's series."""
     request = ExportMetricsServiceRequest()
     temporality = _TEMPORALITY[snapshot.temporality]
+    names = snapshot.names
     for resource_points in snapshot.resources:
-        _fill_resource(request.resource_metrics.add(), resource_points, snapshot.names, temporality)
+        rp = project(resource_points, names.split)
+        _fill_resource(request.resource_metrics.add(), rp, names, temporality)
     return request
 
 
@@ -119,7 +122,9 @@ def snapshot_to_requests(
     out: list[ExportMetricsServiceRequest] = []
     request = ExportMetricsServiceRequest()
     size = 0
-    for rp in snapshot.resources:
+    for resource_points in snapshot.resources:
+        # Summed to each metric's labels before splitting: a summed point is in one part.
+        rp = project(resource_points, names.split)
         rm = request.resource_metrics.add()
         _fill_resource(rm, rp, names, temporality)
         rm_size = _field_size(rm.ByteSize())
@@ -166,18 +171,21 @@ def _resource_in_parts(
 
 
 def _fill_resource(rm: Any, rp: ResourcePoints, names: MetricNames, temporality: int) -> None:
-    rm.resource.CopyFrom(rp.resource)
+    if names.copy_resource:
+        rm.resource.CopyFrom(rp.resource)
     scope_metrics = rm.scope_metrics.add()
     scope_metrics.scope.CopyFrom(InstrumentationScope(name=SCOPE_NAME, version=__version__))
-    if rp.series:
+    calls = [p for p in rp.series if p.role != "duration"]
+    if calls:
         _add_sum(
             scope_metrics.metrics.add(name=names.calls),
             temporality,
-            ((p.attributes, p.start_time_unix_nano, p.time_unix_nano, p.calls) for p in rp.series),
+            ((p.attributes, p.start_time_unix_nano, p.time_unix_nano, p.calls) for p in calls),
         )
-        if any(series.duration is not None for series in rp.series):
-            duration = scope_metrics.metrics.add(name=names.duration, unit=names.unit)
-            _add_durations(duration, rp.series, temporality)
+    durations = [p for p in rp.series if p.role != "calls" and p.duration is not None]
+    if durations:
+        duration = scope_metrics.metrics.add(name=names.duration, unit=names.unit)
+        _add_durations(duration, durations, temporality)
     if rp.events:
         _add_sum(
             scope_metrics.metrics.add(name=names.events),
