@@ -8,6 +8,15 @@ the cumulative merge the worker makes before it derives deltas.
 A shard's series leave this worker's output as soon as the shard is revoked, and enter
 the new owner's at its next flush; series carry no worker label, so in Prometheus the
 same series simply continues.
+
+Every new counter and histogram series starts with a 0 sample, so that ``rate()`` and
+``increase()`` see its first spans. "New" means: created after everything the sink has
+written of the shard. Each sink keeps, per shard, the stamp of the shard's state it last
+wrote; a worker that takes a shard over starts from the stamp of the checkpoint it
+restored, which no written state of the previous owner is newer than. So a series that
+existed before the shard moved never gets a 0 (that would be a counter reset); a series
+created in the previous owner's last unpublished flush gets none either, and its first
+spans are in its first sample.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from spanmetrics.export.prometheus import (
     ScrapeServer,
     Series,
     encode_write_request,
+    merge_series,
+    zero_sample,
 )
 
 log = logging.getLogger("spanmetrics.worker")
@@ -42,19 +53,28 @@ class PrometheusSinks:
         self._counters = counters
         self._remote: list[tuple[PrometheusConverter, RemoteWriteClient]] = []
         self._scrape: list[tuple[PrometheusConverter, ScrapeServer]] = []
+        #: Per sink, per shard: the stamp (ns) of the last state of the shard the sink
+        #: wrote; series created after it are new to the sink. ``_remote_written`` in the
+        #: order of ``_remote``; ``_written`` all of them.
+        self._remote_written: list[dict[int, int]] = []
+        self._written: list[dict[int, int]] = []
         for sink in topology.sinks:
             if (rw := sink.prometheus_remote_write) is not None:
                 converter = PrometheusConverter(
                     sm.namespace, sm.histogram.unit, rw.naming, rw.histogram
                 )
                 self._remote.append((converter, RemoteWriteClient(rw.endpoint)))
+                self._remote_written.append({})
             if (scrape := sink.prometheus) is not None:
                 converter = PrometheusConverter(
-                    sm.namespace, sm.histogram.unit, scrape.naming, "native"
+                    sm.namespace, sm.histogram.unit, scrape.naming, "both"
                 )
-                server = ScrapeServer(host, scrape.port, self._provider(converter))
+                written: dict[int, int] = {}
+                server = ScrapeServer(host, scrape.port, self._provider(converter, written))
                 self._scrape.append((converter, server))
-        #: Per owned shard: its cumulative state and the time it was stamped with (ms).
+                self._written.append(written)
+        self._written += self._remote_written
+        #: Per owned shard: its cumulative state and the time it was stamped with (ns).
         self._shards: dict[int, tuple[list[ExportMetricsServiceRequest], int]] = {}
         self._telemetry = ExportMetricsServiceRequest()
         self._last_push_ms = 0
@@ -83,19 +103,29 @@ class PrometheusSinks:
             await client.close()
 
     def set_shard(
-        self, shard: int, requests: list[ExportMetricsServiceRequest], stamp_ms: int
+        self,
+        shard: int,
+        requests: list[ExportMetricsServiceRequest],
+        stamp_ns: int,
+        written_before_ns: int,
     ) -> None:
         """The current cumulative state of an owned shard, and its points' time.
 
         Samples are written at that time, the shard's own stamp: it only ever increases,
         also from one owner to the next, so Prometheus never sees a shard's series go
         back in time when the shard moves between workers whose clocks differ.
+        ``written_before_ns`` is the stamp of the checkpoint this worker took the shard
+        over from: no sink holds a newer state of it (see the module docstring).
         """
-        self._shards[shard] = (requests, stamp_ms)
+        self._shards[shard] = (requests, stamp_ns)
+        for written in self._written:
+            written.setdefault(shard, written_before_ns)
 
     def drop_shard(self, shard: int) -> None:
         """Stop publishing a shard this worker no longer owns."""
         self._shards.pop(shard, None)
+        for written in self._written:
+            written.pop(shard, None)
 
     def set_telemetry(self, request: ExportMetricsServiceRequest) -> None:
         """The worker's latest self-telemetry."""
@@ -109,9 +139,21 @@ class PrometheusSinks:
         combined.resource_metrics.extend(self._telemetry.resource_metrics)
         return combined
 
-    def _provider(self, converter: PrometheusConverter) -> Callable[[], list[Series]]:
+    def _provider(
+        self, converter: PrometheusConverter, written: dict[int, int]
+    ) -> Callable[[], list[Series]]:
         def series() -> list[Series]:
-            return converter.convert(self._combined(), int(time.time() * 1000))
+            now_ms = int(time.time() * 1000)
+            parts = []
+            for shard in sorted(self._shards):
+                requests, stamp_ns = self._shards[shard]
+                converted = converter.convert(_joined(requests), now_ms, written.get(shard, 0))
+                # A scrape carries one sample per series: a new one is served as 0 once,
+                # and with its value from the next scrape on.
+                parts.append([zero_sample(s, now_ms) if s.new else s for s in converted])
+                written[shard] = stamp_ns
+            parts.append(converter.convert(self._telemetry, now_ms))
+            return merge_series(parts)
 
         return series
 
@@ -126,20 +168,35 @@ class PrometheusSinks:
         if not self._remote:
             return
         now_ms = self._last_push_ms = max(timestamp_ms, self._last_push_ms + 1)
-        for converter, client in self._remote:
+        for (converter, client), written in zip(self._remote, self._remote_written, strict=True):
             series: list[Series] = []
             for shard in sorted(self._shards):
-                requests, stamp_ms = self._shards[shard]
+                requests, stamp_ns = self._shards[shard]
+                stamp_ms = stamp_ns // 1_000_000
+                after_ns = written.get(shard, 0)
                 # One conversion per shard: a resource split over several requests must
                 # give one target_info, and series with the same labels are merged.
-                whole = requests[0] if len(requests) == 1 else _joined(requests)
-                series += converter.convert(whole, stamp_ms)
+                converted = converter.convert(_joined(requests), stamp_ms, after_ns)
+                # The 0 goes at the series' start, after the last sample written of the
+                # shard (a series that expired and came back has older samples) and
+                # before this one.
+                floor_ms = after_ns // 1_000_000 + 1
+                for s in converted:
+                    zero_ms = max(s.start_ns // 1_000_000, floor_ms)
+                    if s.new and zero_ms < stamp_ms:
+                        series.append(zero_sample(s, zero_ms))
+                series += converted
             series += converter.convert(self._telemetry, now_ms)
-            body = encode_write_request(series, native_histograms=converter.histogram == "native")
+            body = encode_write_request(series, converter.histogram)
             try:
                 await client.send(body)
             except RemoteWriteError as err:
                 log.error("remote write to %s: %s", client.endpoint, err)
+                if err.status is None or err.status >= 500:
+                    continue  # nothing was taken: the same series are still new next time
+            # Taken, or refused by an answer (4xx) that a resend would get again.
+            for shard, (_, stamp_ns) in self._shards.items():
+                written[shard] = stamp_ns
         # The clients count requests, retries and failures by reason; the totals are
         # published with the worker's telemetry.
         totals: Counter[str] = Counter()
@@ -150,6 +207,8 @@ class PrometheusSinks:
 
 
 def _joined(requests: list[ExportMetricsServiceRequest]) -> ExportMetricsServiceRequest:
+    if len(requests) == 1:
+        return requests[0]
     joined = ExportMetricsServiceRequest()
     for request in requests:
         joined.resource_metrics.extend(request.resource_metrics)

@@ -85,6 +85,9 @@ class ShardOwner:
         self.flush_lock = asyncio.Lock()
         #: Series expired by flushes whose checkpoint was not stored, by the flush's stamp.
         self._unsaved_finals: list[tuple[int, list[ChangedSeries]]] = []
+        #: Stamp of the checkpoint this owner started from (0 for a new shard): no output
+        #: holds a newer state of the shard, so later series are new to every sink.
+        self.taken_at_ns = 0
         self._resources: dict[bytes, tuple[ResourceIdentity, Resource] | None] = {}
 
     # ---------------------------------------------------------------- restore

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from spanmetrics.aggregate.dimensions import metric_names
 from spanmetrics.aggregate.engine import (
     CARDINALITY_OVERFLOW,
     DROPPED_MISSING_SERVICE_NAME,
@@ -31,7 +32,6 @@ from spanmetrics.aggregate.engine import (
     SpanMetricsEngine,
     explicit_bounds,
 )
-from spanmetrics.aggregate.points import MetricNames
 from spanmetrics.aggregate.registry import SeriesRegistry
 from spanmetrics.config.defaults import DEFAULT_MAX_MESSAGE_BYTES
 from spanmetrics.config.model import Topology
@@ -129,7 +129,7 @@ class Worker:
         self._delta_output = sm.is_delta
         self._key_attributes = frozenset(sm.resource_metrics_key_attributes)
         self._spec = HistogramSpec(sm.histogram.max_size, explicit_bounds(sm))
-        self.names = MetricNames.for_namespace(sm.namespace, sm.histogram.unit)
+        self.names = metric_names(sm)
         self.source_topic = topology.source.topic
         self.deltas_topic = deltas_topic(topology.source.group)
         self.output = KafkaOutput(topology)
@@ -331,6 +331,8 @@ class Worker:
         else:
             owner = self._new_owner(s, epoch)
             owner.restore(await self.store.load_shard(s))
+        # Nothing newer than the checkpoint taken over was ever published.
+        owner.taken_at_ns = owner.registry.last_stamp_ns
         self._shards[s] = owner
         # Always committed, even with no checkpoint (from 0): the internal topic must be
         # read from its start whatever ``source.initial_offset`` says.
@@ -502,8 +504,9 @@ class Worker:
             self.stats.last_checkpoint_ns = self.clock.now_ns()
             self.stats.counters["checkpoint_bytes_written"] += prepared.write.size
             if self.prometheus.enabled and prepared.cumulative is not None:
-                stamp_ms = prepared.write.stamp // 1_000_000
-                self.prometheus.set_shard(owner.shard, prepared.cumulative, stamp_ms)
+                self.prometheus.set_shard(
+                    owner.shard, prepared.cumulative, prepared.write.stamp, owner.taken_at_ns
+                )
             # The output holds everything written ahead (delta output is the pending record
             # itself; the last points of expiring series are part of the cumulative output).
             if prepared.outputs:

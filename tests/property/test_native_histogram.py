@@ -84,8 +84,8 @@ def test_merge_at_the_coarser_schema_equals_recording_both(a: list[float], b: li
 
 @SETTINGS
 @given(values_st)
-def test_classic_counts_at_powers_of_two_are_exact(values: list[float]) -> None:
-    h = recorded(values, 160)  # scale stays >= 0 for these ranges
+def test_classic_counts_at_the_fixed_bounds_are_exact(values: list[float]) -> None:
+    h = recorded(values, 160)  # scale stays >= 2 (the bounds' schema) for these ranges
     bounds = classic_bounds("ms")
     classic, approximate = classic_from_otel(
         h.scale, h.offset, h.counts, h.zero_count, h.count, bounds
@@ -102,3 +102,21 @@ def test_scales_below_minus_4_are_placed_by_upper_bound() -> None:
     n = native_from_otel(-5, 0, [3], 0, 0.0, 3, 10.0)
     assert n.schema == -4 and n.approximate
     assert n.buckets == {2: 3} and in_bucket(2.0**32, -4, 2)
+
+
+@SETTINGS
+@given(st.integers(min_value=-10, max_value=1), st.lists(st.floats(1e-3, 1e6), min_size=1))
+def test_classic_counts_below_the_bounds_schema_are_placed_at_upper_bounds(
+    scale: int, values: list[float]
+) -> None:
+    """A scale coarser than the bounds: counts never fall below a bound they may exceed."""
+    h = recorded(values, 160)
+    if h.scale > scale:
+        h.downscale(h.scale - scale)
+    classic, approximate = classic_from_otel(
+        h.scale, h.offset, h.counts, h.zero_count, h.count, classic_bounds("ms")
+    )
+    assert approximate == (h.scale < 2)
+    for bound, count in classic[:-1]:
+        assert count <= sum(1 for v in values if v <= bound)
+    assert classic[-1][1] == len(values)

@@ -1,6 +1,6 @@
 """Prometheus output: remote write and the scrape endpoint, from cumulative OTLP metrics."""
 
-from spanmetrics.export.prometheus.convert import HistogramMode, PrometheusConverter
+from spanmetrics.export.prometheus.convert import PrometheusConverter, merge_series
 from spanmetrics.export.prometheus.exposition import negotiate, render_protobuf, render_text
 from spanmetrics.export.prometheus.remote_write import (
     RemoteWriteClient,
@@ -9,10 +9,9 @@ from spanmetrics.export.prometheus.remote_write import (
     write_request,
 )
 from spanmetrics.export.prometheus.scrape import ScrapeServer
-from spanmetrics.export.prometheus.series import NativeHistogram, PromExemplar, Series
+from spanmetrics.export.prometheus.series import NativeHistogram, PromExemplar, Series, zero_sample
 
 __all__ = [
-    "HistogramMode",
     "NativeHistogram",
     "PromExemplar",
     "PrometheusConverter",
@@ -21,8 +20,10 @@ __all__ = [
     "ScrapeServer",
     "Series",
     "encode_write_request",
+    "merge_series",
     "negotiate",
     "render_protobuf",
     "render_text",
     "write_request",
+    "zero_sample",
 ]

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -22,6 +22,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AGGREGATION_TEMPORALITY_CUMULATIVE
 
 from spanmetrics.aggregate.attributes import any_value_to_str
+from spanmetrics.config.model import PrometheusHistograms
 from spanmetrics.export.prometheus import native
 from spanmetrics.export.prometheus.names import (
     NamingProfile,
@@ -31,8 +32,6 @@ from spanmetrics.export.prometheus.names import (
 )
 from spanmetrics.export.prometheus.series import Kind, Labels, PromExemplar, Series
 
-HistogramMode = Literal["native", "classic"]
-
 #: Resource attributes that become ``job`` and ``instance`` instead of ``target_info`` labels.
 _IDENTITY_KEYS = frozenset({"service.name", "service.namespace", "service.instance.id"})
 
@@ -41,7 +40,7 @@ class PrometheusConverter:
     """Converts cumulative OTLP requests to :class:`Series` for one sink."""
 
     def __init__(
-        self, namespace: str, unit: str, naming: NamingProfile, histogram: HistogramMode
+        self, namespace: str, unit: str, naming: NamingProfile, histogram: PrometheusHistograms
     ) -> None:
         self.names = SpanMetricNames.of(naming, namespace, unit)
         self.histogram = histogram
@@ -54,8 +53,16 @@ class PrometheusConverter:
             f"{prefix}events": self.names.events,
         }
 
-    def convert(self, request: ExportMetricsServiceRequest, timestamp_ms: int) -> list[Series]:
+    def convert(
+        self,
+        request: ExportMetricsServiceRequest,
+        timestamp_ms: int,
+        new_after_ns: int | None = None,
+    ) -> list[Series]:
         """Every series of ``request`` at ``timestamp_ms``, merged by name and labels.
+
+        With ``new_after_ns``, a counter or histogram whose points all start after it is
+        marked :attr:`Series.new`: the sink has never written it.
 
         Raises:
             ValueError: a metric is not cumulative (Prometheus series are cumulative).
@@ -72,6 +79,8 @@ class PrometheusConverter:
             for sm in rm.scope_metrics:
                 for metric in sm.metrics:
                     for series in self._metric(metric, identity, timestamp_ms):
+                        if new_after_ns is not None and series.kind != "gauge":
+                            series.new = series.start_ns > new_after_ns
                         _add(out, series)
         return list(out.values())
 
@@ -99,7 +108,7 @@ class PrometheusConverter:
             for p in metric.sum.data_points:
                 value = float(p.as_int) if p.HasField("as_int") else p.as_double
                 labels = self._labels(identity, p.attributes, bool(span_name))
-                yield Series(name, kind, labels, ts, value=value)
+                yield Series(name, kind, labels, ts, value=value, start_ns=p.start_time_unix_nano)
         elif field == "gauge":
             name = span_name or metric_name(metric.name)
             for p in metric.gauge.data_points:
@@ -122,6 +131,7 @@ class PrometheusConverter:
                 yield Series(
                     name, "histogram", labels, ts, native=h, classic=classic, count=p.count,
                     sum=p.sum, exemplars=_exemplars(p.exemplars),
+                    start_ns=p.start_time_unix_nano,
                 )  # fmt: skip
         elif field == "histogram":
             _require_cumulative(metric, metric.histogram.aggregation_temporality)
@@ -133,7 +143,7 @@ class PrometheusConverter:
                 )
                 yield Series(
                     name, "histogram", labels, ts, classic=classic, count=p.count, sum=p.sum,
-                    exemplars=_exemplars(p.exemplars),
+                    exemplars=_exemplars(p.exemplars), start_ns=p.start_time_unix_nano,
                 )  # fmt: skip
 
 
@@ -171,6 +181,15 @@ def _exemplars(exemplars: Iterable[Any]) -> list[PromExemplar]:
     return out
 
 
+def merge_series(parts: Iterable[list[Series]]) -> list[Series]:
+    """Series of several conversions (shards) as one list, merged by name and labels."""
+    out: dict[tuple[str, Labels], Series] = {}
+    for part in parts:
+        for series in part:
+            _add(out, series)
+    return list(out.values())
+
+
 def _add(out: dict[tuple[str, Labels], Series], series: Series) -> None:
     key = (series.name, series.labels)
     current = out.get(key)
@@ -179,6 +198,10 @@ def _add(out: dict[tuple[str, Labels], Series], series: Series) -> None:
         return
     if series.name == "target_info":
         return  # identical identity and attributes: the same target
+    # One series in Prometheus: new only if every part of it is (an old part means the
+    # series has samples already, and the new part's spans show up as an increment).
+    current.new = current.new and series.new
+    current.start_ns = min(current.start_ns, series.start_ns)
     if current.kind != "histogram":
         current.value += series.value
         return
@@ -199,4 +222,4 @@ def _add(out: dict[tuple[str, Labels], Series], series: Series) -> None:
     )[-max(len(current.exemplars), len(series.exemplars)) :]
 
 
-__all__ = ["HistogramMode", "PrometheusConverter"]
+__all__ = ["PrometheusConverter", "merge_series"]

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import aiohttp
 import cramjam
 
+from spanmetrics.config.model import PrometheusHistograms
 from spanmetrics.export.prometheus.native import spans_and_deltas
 from spanmetrics.export.prometheus.proto import remote_write_pb2 as pb
 from spanmetrics.export.prometheus.series import Labels, PromExemplar, Series
@@ -58,16 +59,22 @@ def _exemplars(target: object, exemplars: Iterable[PromExemplar]) -> None:
             out.labels.add(name=key, value=value)
 
 
-def write_request(series: Iterable[Series], native_histograms: bool = True) -> pb.WriteRequest:
-    """The ``WriteRequest`` of ``series``: histograms as native histograms, or as classic
-    ``_bucket``/``_sum``/``_count`` series (always classic for explicit-bucket ones)."""
+def write_request(
+    series: Iterable[Series], histograms: PrometheusHistograms = "both"
+) -> pb.WriteRequest:
+    """The ``WriteRequest`` of ``series``: histograms as native histograms, as classic
+    ``_bucket``/``_sum``/``_count`` series, or ``both`` (explicit-bucket histograms are
+    always classic: they have no native form)."""
     request = pb.WriteRequest()
+    native_histograms = histograms != "classic"
+    classic_histograms = histograms != "native"
     for s in series:
         if s.kind != "histogram":
             ts = request.timeseries.add()
             _labels(ts.labels, s.name, s.labels)
             ts.samples.add(value=s.value, timestamp=s.timestamp_ms)
-        elif native_histograms and s.native is not None:
+            continue
+        if native_histograms and s.native is not None:
             ts = request.timeseries.add()
             _labels(ts.labels, s.name, s.labels)
             h = s.native
@@ -79,7 +86,7 @@ def write_request(series: Iterable[Series], native_histograms: bool = True) -> p
             for offset, length in spans:
                 out.positive_spans.add(offset=offset, length=length)
             _exemplars(ts.exemplars, s.exemplars)
-        else:
+        if classic_histograms or s.native is None:
             for bound, count in s.classic or ():
                 ts = request.timeseries.add()
                 le = "+Inf" if math.isinf(bound) else format_float(bound)
@@ -106,9 +113,11 @@ def format_float(value: float) -> str:
     return repr(value) if not value.is_integer() else str(int(value))
 
 
-def encode_write_request(series: Iterable[Series], native_histograms: bool = True) -> bytes:
+def encode_write_request(
+    series: Iterable[Series], histograms: PrometheusHistograms = "both"
+) -> bytes:
     """The snappy-compressed (block format) protobuf body of a remote-write request."""
-    raw = write_request(series, native_histograms).SerializeToString()
+    raw = write_request(series, histograms).SerializeToString()
     return bytes(cramjam.snappy.compress_raw(raw))
 
 

@@ -58,3 +58,28 @@ class Series:
     count: int = 0
     sum: float = 0.0
     exemplars: list[PromExemplar] = field(default_factory=list)
+    start_ns: int = 0
+    """Start time of the OTLP points behind it (the earliest, when several were merged)."""
+    new: bool = False
+    """Whether the series is new to the sink: it must start with a 0 sample (see
+    :func:`zero_sample`)."""
+
+
+def zero_sample(series: Series, timestamp_ms: int) -> Series:
+    """The 0 sample that a new counter or histogram series starts with.
+
+    ``rate()`` and ``increase()`` only count increments between samples, so a series whose
+    first sample already holds its first spans would hide them; Tempo writes this 0 first
+    for the same reason. A histogram's 0 keeps its schema, so Prometheus reads both samples
+    as one native histogram.
+    """
+    native = None
+    if series.native is not None:
+        native = NativeHistogram(
+            series.native.schema, 0, 0.0, zero_threshold=series.native.zero_threshold
+        )
+    classic = None if series.classic is None else [(bound, 0) for bound, _ in series.classic]
+    return Series(
+        series.name, series.kind, series.labels, timestamp_ms, native=native, classic=classic,
+        start_ns=series.start_ns,
+    )  # fmt: skip
