@@ -229,6 +229,9 @@ FEATURE_GATES: dict[str, str] = {
     ),
 }
 
+#: The one gate that is accepted and has no effect.
+IGNORED_GATE = "connector.spanmetrics.includeCollectorInstanceID"
+
 #: Keys of older connector and processor versions, and what replaced them.
 RETIRED_KEYS: dict[str, str] = {
     "latency_histogram_buckets": "histogram.explicit.buckets",
@@ -420,7 +423,10 @@ class SpanMetricsConfig(_Strict):
             "resource_metrics_cache_size",
             "metric_timestamp_cache_size",
         )
-        return tuple(n for n in names if getattr(self, n) is not None)
+        ignored = tuple(n for n in names if getattr(self, n) is not None)
+        if self.gate(IGNORED_GATE):
+            ignored += (f"feature_gates[{IGNORED_GATE}]",)
+        return ignored
 
 
 class SourceConfig(_Strict):

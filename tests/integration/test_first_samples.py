@@ -96,7 +96,7 @@ def test_new_series_start_at_zero_and_moved_series_do_not(prometheus_factory: An
             await moved.push(stamp // 10**6)
         finally:
             await moved.stop()
-        return stamp / 1e9
+        return (stamp // 10**6) / 1000  # the last sample's time, to the millisecond
 
     last = asyncio.run(run())
     wait_for(lambda: samples(prom, CALLS, "c", last), 30, "the moved shard's samples")

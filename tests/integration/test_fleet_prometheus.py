@@ -255,6 +255,87 @@ def check_dashboards(prom: Prometheus, at: float) -> None:
     assert not empty, "panels without data:\n" + "\n".join(empty)
 
 
+def test_jaeger_and_tempo_names_side_by_side(
+    broker: Any, tmp_path: Path, prometheus_factory: Any, redis_url: str, redis_prefix: str
+) -> None:
+    """One Prometheus filled with both naming profiles (seconds, as Tempo's needs): Jaeger's
+    three queries read the otel names, Tempo's and Grafana's usual queries the tempo ones,
+    classic and native, each with every service and a true p95."""
+    from tests.jaeger import JaegerConfig, JaegerQueries
+
+    prom: Prometheus = prometheus_factory()
+    suffix = redis_prefix[-8:]
+    topic = f"spans-names-{suffix}"
+    write = f"{prom.url}/api/v1/write"
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(
+        yaml.safe_dump(
+            {
+                "source": {"topic": topic, "broker": broker.url, "group": redis_prefix,
+                           "dead_letter_topic": f"dlq-names-{suffix}"},
+                "spanmetrics": {"metrics_flush_interval": "1s", "histogram": {"unit": "s"}},
+                "sinks": [
+                    {"prometheus_remote_write": {"endpoint": write}},
+                    {"prometheus_remote_write": {"endpoint": write, "naming": "tempo"}},
+                ],
+                "state": redis_url,
+            }
+        )
+    )  # fmt: skip
+    spans = Spans()
+    asyncio.run(ensure_topics(broker.bootstrap, {topic: PARTITIONS}))
+    asyncio.run(produce(broker.bootstrap, topic, [spans.batch(400) for _ in range(8)]))
+    expected = float(sum(spans.calls.values()))
+    fleet = Fleet(topology, tmp_path)
+
+    def total(metric: str) -> float:
+        result = prom.query(f"sum({metric})")
+        return float(result[0]["value"][1]) if result else 0.0
+
+    try:
+        fleet.start("solo")
+        wait_for(lambda: total("traces_span_metrics_calls_total") == expected, 120, "otel names")
+        wait_for(lambda: total("traces_spanmetrics_calls_total") == expected, 30, "tempo names")
+    finally:
+        fleet.stop_all()
+    at = time.time()
+    services = tuple(sorted(SERVICES))
+    exact_s = {s: nearest_rank(spans.durations[s], 0.95) / 1000 for s in services}
+
+    def by(label: str, expr: str) -> dict[str, float]:
+        return {r["metric"][label]: float(r["value"][1]) for r in prom.query(expr, at)}
+
+    jaeger = JaegerQueries(JaegerConfig(latency_unit="s"), services)
+    tempo = {
+        "classic p95": "histogram_quantile(0.95, sum by (le, service) "
+        "(rate(traces_spanmetrics_latency_bucket[10m])))",
+        "native p95": "histogram_quantile(0.95, sum by (service) "
+        "(rate(traces_spanmetrics_latency[10m])))",
+    }
+    for name, p95 in {
+        "jaeger": by("service_name", jaeger.latencies(0.95)),
+        **{f"tempo {k}": by("service", v) for k, v in tempo.items()},
+    }.items():
+        assert set(p95) == set(services), name
+        for service in services:
+            assert abs(p95[service] / exact_s[service] - 1) <= 0.10, (name, service, p95)
+    assert set(by("service_name", jaeger.call_rates())) == set(services)
+    assert set(by("service_name", jaeger.error_rates())) == set(services)
+    tempo_calls = by("service", "sum by (service) (rate(traces_spanmetrics_calls_total[10m]))")
+    tempo_errors = by(
+        "service",
+        'sum by (service) (rate(traces_spanmetrics_calls_total{status_code="STATUS_CODE_ERROR"}'
+        "[10m]))",
+    )
+    assert set(tempo_calls) == set(tempo_errors) == set(services)
+    counts = by("service", "sum by (service) (traces_spanmetrics_latency_count)")
+    assert counts == {
+        s: float(spans.calls[(s, "STATUS_CODE_UNSET")] + spans.calls[(s, "STATUS_CODE_ERROR")])
+        for s in services
+    }
+    assert write_refusals(prom) == []
+
+
 def test_worker_serves_its_shards_on_metrics(
     broker: Any, tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:

@@ -144,7 +144,10 @@ spanmetrics:
   dimensions: [{name: collector.instance.id}]
   feature_gates: [connector.spanmetrics.includeCollectorInstanceID]
 """,
-        {"feature_gates": ("connector.spanmetrics.includeCollectorInstanceID",)},
+        {
+            "feature_gates": ("connector.spanmetrics.includeCollectorInstanceID",),
+            "ignored_keys": ("feature_gates[connector.spanmetrics.includeCollectorInstanceID]",),
+        },
     ),
 ]
 

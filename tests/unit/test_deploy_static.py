@@ -75,6 +75,7 @@ def stack() -> Doc:
         "compose": load(COMPOSE / "docker-compose.yaml"),
         "otelcol": load(COMPOSE / "otelcol" / "config.yaml"),
         "prometheus": load(COMPOSE / "prometheus" / "prometheus.yml"),
+        "jaeger": load(COMPOSE / "jaeger" / "config.yaml"),
         "topology": load_topology(COMPOSE / "topology.yaml"),
     }
 
@@ -154,7 +155,7 @@ def dockerfile() -> Doc:
 def check_services_and_dependencies(stack: Doc) -> None:
     svc = services(stack)
     required = {"kafka", "kafka-init", "otelcol", "loadgen", "spanmetrics", "redis",
-                "prometheus", "grafana"}  # fmt: skip
+                "prometheus", "grafana", "jaeger"}  # fmt: skip
     assert required <= set(svc)
     for name, service in svc.items():
         assert "image" in service or "build" in service, name
@@ -219,7 +220,8 @@ def check_collector_and_load(stack: Doc) -> None:
     assert exporter["traces"]["encoding"] == topology.source.encoding
     assert "topic" not in exporter and "encoding" not in exporter, "deprecated top-level keys"
     pipeline = collector["service"]["pipelines"]["traces"]
-    assert pipeline["exporters"] == ["kafka"] and "otlp" in pipeline["receivers"]
+    assert pipeline["exporters"][0] == "kafka" and "otlp" in pipeline["receivers"]
+    assert set(pipeline["exporters"]) <= set(collector["exporters"])
     for processor in pipeline.get("processors", []):
         assert processor in collector["processors"]
     grpc_port = collector["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].rsplit(":", 1)[1]
@@ -250,7 +252,8 @@ def check_prometheus(stack: Doc) -> None:
     prometheus = svc["prometheus"]
     assert host_port(rw.endpoint) == "prometheus:9090"
     assert urlparse(rw.endpoint).path == "/api/v1/write"
-    assert (rw.naming, rw.histogram) == ("otel", "native")
+    # Native for Grafana's native queries, classic for Jaeger's by (le).
+    assert (rw.naming, rw.histogram) == ("otel", "both")
     assert any(p.split(":")[-1] == "9090" for p in prometheus["ports"])
     args = prometheus["command"]
     assert "--web.enable-remote-write-receiver" in args
@@ -266,6 +269,39 @@ def check_prometheus(stack: Doc) -> None:
         assert set(job) <= {"job_name", "static_configs", "scrape_interval"}, "no discovery"
         for target in (t for c in job["static_configs"] for t in c["targets"]):
             assert target.split(":")[0] in ("localhost", "prometheus"), target
+
+
+def check_jaeger(stack: Doc) -> None:
+    """Jaeger's Monitor tab reads what the workers write: its reader's names are the
+    topology's, it asks the stack's Prometheus, and it gets the services from the traces
+    the Collector sends it."""
+    from spanmetrics.export.prometheus.names import SpanMetricNames
+    from tests.jaeger import JaegerConfig
+
+    svc, topology, jaeger = services(stack), stack["topology"], stack["jaeger"]
+    assert version(svc["jaeger"]["image"]) >= (2, 0), "the v2 config format"
+    config_path = flag(svc["jaeger"]["command"], "--config")
+    assert any(v.endswith(f":{config_path}:ro") for v in svc["jaeger"]["volumes"])
+    assert "16686:16686" in svc["jaeger"]["ports"]
+    storage = jaeger["extensions"]["jaeger_storage"]
+    query = jaeger["extensions"]["jaeger_query"]["storage"]
+    reader = storage["metric_backends"][query["metrics"]]["prometheus"]
+    assert query["traces"] in storage["backends"]
+    assert host_port(reader["endpoint"]) == "prometheus:9090"
+    sm = topology.spanmetrics
+    ours = SpanMetricNames.of("otel", sm.namespace, sm.histogram.unit)
+    theirs = JaegerConfig(
+        reader["metric_namespace"], reader["latency_unit"], reader["normalize_calls"],
+        reader["normalize_duration"],
+    )  # fmt: skip
+    assert (theirs.calls, theirs.latency) == (ours.calls, ours.duration)
+    (rw,) = [s.prometheus_remote_write for s in topology.sinks if s.prometheus_remote_write]
+    assert rw.histogram in ("both", "classic"), "Jaeger reads classic _bucket series only"
+    collector = stack["otelcol"]
+    to_jaeger = [e for e in collector["exporters"].values() if "jaeger:" in e.get("endpoint", "")]
+    (exporter,) = to_jaeger
+    grpc = jaeger["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].rsplit(":", 1)[1]
+    assert exporter["endpoint"] == f"jaeger:{grpc}"
 
 
 def check_mounts_and_worker(stack: Doc) -> None:
@@ -318,6 +354,7 @@ COMPOSE_CHECKS = [
     check_kafka_and_topics,
     check_collector_and_load,
     check_prometheus,
+    check_jaeger,
     check_mounts_and_worker,
     check_grafana,
 ]
@@ -608,6 +645,18 @@ def _set(doc: Doc, path: str, value: Any) -> None:
 
 S = "compose/services"
 COMPOSE_BREAKAGES: list[tuple[str, Callable[[Doc], None], str, Any]] = [
+    (
+        "jaeger namespace",
+        check_jaeger,
+        "jaeger/extensions/jaeger_storage/metric_backends/spanmetrics_in_prometheus/prometheus/metric_namespace",
+        "spanmetrics",
+    ),
+    (
+        "jaeger without normalized calls",
+        check_jaeger,
+        "jaeger/extensions/jaeger_storage/metric_backends/spanmetrics_in_prometheus/prometheus/normalize_calls",
+        False,
+    ),
     ("collector topic", check_collector_and_load, "otelcol/exporters/kafka/traces/topic", "x"),
     ("collector brokers", check_collector_and_load, "otelcol/exporters/kafka/brokers", ["k:1"]),
     (

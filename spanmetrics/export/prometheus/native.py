@@ -134,7 +134,8 @@ def bucket_counts(spans: Sequence[tuple[int, int]], deltas: Sequence[int]) -> di
 #: apart. Prometheus interpolates linearly inside a bucket, so the bounds decide how true
 #: ``histogram_quantile`` over ``_bucket`` is (Jaeger's latency panel reads nothing else):
 #: on log-normal latencies with sigma 0.1 to 1.5 the p95 lands within 6% of the exact value,
-#: where power-of-two bounds (schema 0) are off by up to 27% and schema 1 by up to 17%.
+#: where power-of-two bounds (schema 0) are off by up to 50% and schema 1 by up to 17%
+#: (tests/property/test_classic_quantiles.py).
 #: They are the bounds of native schema 2, so counts from any exponential histogram of
 #: scale >= 2 fall into them exactly.
 CLASSIC_SCHEMA = 2
