@@ -16,10 +16,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span
-
-from spanmetrics.aggregate.attributes import any_value_to_str, find_attributes
 from spanmetrics.aggregate.points import LabelSplit, MetricNames
 from spanmetrics.aggregate.sampling import adjusted_count
 from spanmetrics.config.model import (
@@ -28,6 +24,7 @@ from spanmetrics.config.model import (
     Dimension,
     SpanMetricsConfig,
 )
+from spanmetrics.decode.batch import BatchSpec, Pairs
 from spanmetrics.model.enums import SPAN_KIND_NAMES, STATUS_CODE_NAMES
 
 #: Scope id in the key of a resource's one overflow series, which takes every new key
@@ -110,40 +107,35 @@ class DimensionPlan:
         self.keep_status = "status.code" not in config.exclude_dimensions
         self.scopes = frozenset(config.include_instrumentation_scope)
         self.event_dimensions: tuple[Dimension, ...] = config.events.dimensions
-        #: Position of each dimension in a key's values (names are unique, see the config).
-        self._positions = {name: i for i, name in enumerate(self.names)}
-        #: The dimension names as they appear in serialized attributes (see
-        #: :meth:`may_hold_dimensions`); surrogatepass, because a name that is not valid
-        #: UTF-8 can never match a decoded key, so any bytes for it are safe.
-        self._names_utf8 = tuple(n.encode("utf-8", "surrogatepass") for n in self.names)
-        self._excludes_intrinsics = not (self.keep_name and self.keep_kind and self.keep_status)
+        self.events = config.events.enabled
 
-    def resource_values(self, attributes: Sequence[KeyValue]) -> tuple[str | None, ...]:
-        """Fallback value of each dimension for spans of this resource: the resource's
-        attribute, else the configured default, else None (label omitted)."""
-        found = find_attributes(attributes, self.wanted)
-        values: tuple[object, ...] = tuple(
-            any_value_to_str(found[str(d.name)]) if d.name in found else d.default
-            for d in self.dimensions
+    def batch_spec(self, *, ids: bool, multiplier_key: str | None) -> BatchSpec:
+        """What span batches must hold for this plan (and exemplars, multipliers)."""
+        return BatchSpec(
+            keys=self.names,
+            defaults=tuple(d.default for d in self.dimensions),
+            multiplier_key=multiplier_key,
+            ids=ids,
+            events=self.events,
+            event_keys=tuple(str(d.name) for d in self.event_dimensions),
+            event_defaults=tuple(d.default for d in self.event_dimensions),
+            all_attributes=bool(self.globs),
         )
-        if self.globs:
-            values = (*values, self._glob_pairs(attributes, ()))
-        return values  # type: ignore[return-value]
 
-    def _glob_pairs(self, attributes: Iterable[KeyValue], base: GlobPairs) -> GlobPairs:
-        """``base`` (a resource's matches) overlaid with the matches in ``attributes``; the
-        first occurrence of a repeated key wins, as for named dimensions."""
+    def glob_values(self, pairs: Pairs, base: GlobPairs) -> GlobPairs:
+        """``base`` (a resource's matches) overlaid with the matches among ``pairs`` (a
+        span's attributes); the first occurrence of a repeated key wins, as for named
+        dimensions."""
         matched: dict[str, str] | None = None
         seen: set[str] = set()
-        for kv in attributes:
-            key = kv.key
+        for key, value in pairs:
             if key in self._not_globbed or key in seen:
                 continue  # a named dimension has its own label
             if any(pattern.match(key) for pattern in self.globs):
                 seen.add(key)
                 if matched is None:
                     matched = dict(base)
-                matched[key] = any_value_to_str(kv.value)
+                matched[key] = value
         return base if matched is None else tuple(sorted(matched.items()))
 
     def scope_dimensions(self, name: str, version: str) -> ScopeDimensions:
@@ -155,19 +147,14 @@ class DimensionPlan:
             labels.append((SCOPE_VERSION_LABEL, version))
         return ScopeDimensions(tuple(labels))
 
-    @property
-    def reads_span_attributes(self) -> bool:
-        """Whether keys need each span's attributes (configured dimensions)."""
-        return bool(self.dimensions or self.globs)
-
     def keys(
         self,
         resource_ids: Sequence[int],
-        scope_ids: Sequence[int],
+        scope_ids: Iterable[int],
         names: Sequence[str],
         kinds: Sequence[int],
         codes: Sequence[int],
-        dimension_values: Sequence[tuple[str | None, ...]] | None = None,
+        dimension_values: Sequence[tuple[object, ...]] | None = None,
     ) -> list[SpanKey]:
         """One key per span from the spans' columns, read once by the caller.
 
@@ -185,78 +172,6 @@ class DimensionPlan:
             for r, sc, n, k, c, v in zip(resource_ids, scope_ids, ns, ks, cs, dimension_values)  # noqa: B905
         ]
 
-    def exclude(self, keys: list[SpanKey]) -> list[SpanKey]:
-        """``keys`` as read from spans, with excluded intrinsic dimensions set to None."""
-        if not self._excludes_intrinsics:
-            return keys
-        keep_name, keep_kind, keep_status = self.keep_name, self.keep_kind, self.keep_status
-        return [
-            (
-                k[0],
-                k[1],
-                k[2] if keep_name else None,
-                k[3] if keep_kind else None,
-                k[4] if keep_status else None,
-                *k[5:],
-            )
-            for k in keys
-        ]
-
-    def may_hold_dimensions(self, scope_spans: ScopeSpans) -> bool:
-        """False when no span of ``scope_spans`` can carry a dimension attribute.
-
-        An attribute key is serialized verbatim, so a name absent from the serialized
-        scope is absent from all its spans. Reading attribute keys one by one costs about
-        0.3 us each (a KeyValue wrapper and a str per attribute); serializing costs about
-        as much as 3 of them per span, and whole scopes (gRPC, database, messaging) often
-        carry none of the HTTP-style dimensions.
-        """
-        if self.globs:
-            return True  # any key may match: nothing to look for in the bytes
-        raw = scope_spans.SerializeToString()
-        return any(name in raw for name in self._names_utf8)
-
-    def span_values(self, span: Span, fallback: tuple[str | None, ...]) -> tuple[str | None, ...]:
-        """Configured dimension values of one span: its own attribute, else ``fallback``.
-
-        Returns ``fallback`` itself when the span has none of the attributes.
-        """
-        # Each attribute costs a KeyValue wrapper and a new str for its key, so the loop
-        # reads the key once, converts only wanted values, and stops once all are found.
-        # ``in`` on a short list of names compares lengths first: cheaper than hashing
-        # each new key for a dict or set lookup. Found names leave the list, so the first
-        # occurrence of a key wins.
-        if self.globs:
-            return self._span_values_with_globs(span, fallback)
-        remaining = list(self.names)
-        values: list[str | None] | None = None
-        for kv in span.attributes:
-            key = kv.key
-            if key in remaining:
-                remaining.remove(key)
-                if values is None:
-                    values = list(fallback)
-                values[self._positions[key]] = any_value_to_str(kv.value)
-                if not remaining:
-                    break
-        return fallback if values is None else tuple(values)
-
-    def _span_values_with_globs(
-        self, span: Span, fallback: tuple[str | None, ...]
-    ) -> tuple[str | None, ...]:
-        # Globs need every key of the span: no early stop.
-        attributes = list(span.attributes)
-        values: list[object] = list(fallback)
-        remaining = list(self.names)
-        for kv in attributes:
-            key = kv.key
-            if key in remaining:
-                remaining.remove(key)
-                values[self._positions[key]] = any_value_to_str(kv.value)
-        base = fallback[len(self.names)]
-        values[len(self.names)] = self._glob_pairs(attributes, base)  # type: ignore[arg-type]
-        return tuple(values)  # type: ignore[arg-type]
-
     def with_sampling_method(
         self, keys: list[SpanKey], tracestates: Iterable[str]
     ) -> list[SpanKey]:
@@ -271,15 +186,6 @@ class DimensionPlan:
                 m = method[state] = sampling_method(state)
             out.append((*key, m))
         return out
-
-    def event_values(self, attributes: Sequence[KeyValue]) -> tuple[str | None, ...]:
-        """Values of the ``events.dimensions`` on one span event."""
-        wanted = frozenset(str(d.name) for d in self.event_dimensions)
-        found = find_attributes(attributes, wanted)
-        return tuple(
-            any_value_to_str(found[str(d.name)]) if d.name in found else d.default
-            for d in self.event_dimensions
-        )
 
     def labels(
         self, service_name: str, key: SpanKey, scope: ScopeDimensions

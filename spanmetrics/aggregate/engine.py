@@ -13,19 +13,17 @@ Time semantics (OTel data model, "Temporality"), with T0 the creation of a serie
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import repeat
 from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from spanmetrics.aggregate.attributes import any_value_to_number
 from spanmetrics.aggregate.dimensions import (
     OVERFLOW_SCOPE,
     DimensionPlan,
@@ -43,10 +41,16 @@ from spanmetrics.aggregate.points import (
     SeriesPoint,
 )
 from spanmetrics.aggregate.resources import resource_identity
-from spanmetrics.aggregate.sampling import adjusted_count, parse_multiplier, stochastic_round
+from spanmetrics.aggregate.sampling import (
+    MAX_ADJUSTED_COUNT,
+    adjusted_count,
+    parse_multiplier,
+    stochastic_round,
+)
 from spanmetrics.aggregate.series import HistogramColumns, SeriesTable
 from spanmetrics.config.model import Encoding, SpanMetricsConfig
-from spanmetrics.decode import decode_traces
+from spanmetrics.decode.batch import SpanBatch, Values, batch_from_request, read_batch, select
+from spanmetrics.model.attributes import any_value_to_number
 from spanmetrics.model.clock import Clock
 from spanmetrics.model.enums import Temporality
 
@@ -69,6 +73,7 @@ DROPPED_MISSING_SERVICE_NAME = "spans_dropped.missing_service_name"
 NEGATIVE_DURATION = "spans_negative_duration"
 CARDINALITY_OVERFLOW = "spans_cardinality_overflow"
 INVALID_MULTIPLIER = "spans_invalid_multiplier"
+ADJUSTED_COUNT_CAPPED = "spans_adjusted_count_capped"
 
 
 @dataclass(slots=True)
@@ -132,43 +137,11 @@ class _ResourceState:
     events: dict[SpanKey, _EventSeries] = field(default_factory=dict)
 
 
-#: Per ResourceSpans: the id of its resource's state (-1: no ``service.name``, dropped) and
-#: the resource's fallback value of each configured dimension.
-_ResourceEntry = tuple[int, tuple[str | None, ...]]
-#: A ResourceSpans whose spans are aggregated, with its resource id and fallback values.
-_KeptResource = tuple[int, ResourceSpans, tuple[str | None, ...]]
-
-#: What is read of each span: its series key as read (the resource id first), ``end -
-#: start`` in ns, and its trace_state.
-_SpanRead = tuple[SpanKey, int, str]
-
-#: Splitters of the _SpanRead tuples. ``map`` with an itemgetter transposes in C at about
-#: half the cost of ``zip(*rows)``, which makes one iterator per row.
-_KEY = itemgetter(0)
-_DURATION = itemgetter(1)
-_STATE = itemgetter(2)
-
-
-class _Lazy:
-    """The spans of a request, read only if an item is asked for."""
-
-    def __init__(
-        self, read: Callable[[list[_KeptResource]], list[Span]], kept: list[_KeptResource]
-    ) -> None:
-        self._read = read
-        self._kept = kept
-        self._spans: list[Span] | None = None
-
-    def __getitem__(self, i: int) -> Span:
-        if self._spans is None:
-            self._spans = self._read(self._kept)
-        return self._spans[i]
-
+#: What a span's key starts with: its resource's id (-1: no ``service.name``, dropped).
+_NO_SERVICE = -1
 
 #: Resources remembered by their serialized bytes before the cache is cleared.
 _RESOURCE_CACHE_LIMIT = 10_000
-#: Scope names remembered (see ``SpanMetricsEngine._may_hold_dimensions``) before clearing.
-_SCOPE_MEMORY_LIMIT = 10_000
 
 
 def explicit_bounds(config: SpanMetricsConfig) -> tuple[float, ...] | None:
@@ -201,9 +174,9 @@ class SpanMetricsEngine:
         self._resources: dict[tuple[object, ...], _ResourceState] = {}
         self._by_rid: dict[int, _ResourceState] = {}
         self._next_rid = 0
-        #: serialized Resource -> (resource id or -1 when it has no service.name, fallback
-        #: dimension values), to skip re-reading the attributes of a resource seen before.
-        self._resource_cache: dict[bytes, _ResourceEntry] = {}
+        #: serialized Resource -> its resource id (-1 when it has no service.name), to
+        #: skip parsing a resource seen before.
+        self._resource_cache: dict[bytes, int] = {}
         self._scopes: dict[ScopeDimensions, int] = {ScopeDimensions(): 0}
         self._scope_list: list[ScopeDimensions] = [ScopeDimensions()]
         self._key_attributes = frozenset(config.resource_metrics_key_attributes)
@@ -212,12 +185,9 @@ class SpanMetricsEngine:
         self._exemplars: dict[int, list[Exemplar]] = {}
         self._adjusted_cache: dict[str, float] = {"": 1.0}
         self._pending = _PendingBatch()
-        #: Scope name -> whether its spans carried dimension attributes when last scanned.
-        self._scopes_with_dimensions: dict[str, bool] = {}
-        # Per-span work beyond the intrinsic columns, decided once.
-        self._per_scope = bool(self.plan.scopes) or self.plan.reads_span_attributes
-        self._keep_spans = (
-            bool(self._exemplar_max) or config.events.enabled or bool(config.span_multiplier_key)
+        #: What the batches must hold for this configuration.
+        self.spec = self.plan.batch_spec(
+            ids=bool(self._exemplar_max), multiplier_key=config.span_multiplier_key
         )
 
     def _histogram_columns(self, config: SpanMetricsConfig) -> HistogramColumns | None:
@@ -237,67 +207,94 @@ class SpanMetricsEngine:
         return self.table.live_count
 
     def consume_record(self, value: bytes, encoding: Encoding) -> None:
-        """Decode one Kafka record value and aggregate its spans.
+        """Read one Kafka record value and aggregate its spans (the compiled scanner for
+        ``otlp_proto`` when it is built, see :data:`spanmetrics.decode.batch.PATH`).
 
         Raises:
             DecodeError: the record is not valid in ``encoding``; nothing was aggregated.
         """
-        self.consume(decode_traces(value, encoding))
+        self.consume_batch(read_batch(value, encoding, self.spec))
 
     def consume(self, request: ExportTraceServiceRequest) -> None:
-        """Aggregate every span of one decoded record.
+        """Aggregate every span of one decoded request (read by the pure-Python reader)."""
+        self.consume_batch(batch_from_request(request, self.spec))
+
+    def consume_batch(self, batch: SpanBatch) -> None:
+        """Aggregate the spans of one batch.
 
         Series are created at once; counts and histograms may be buffered until enough
         spans are pending or until the next :meth:`flush`.
         """
         now = self.clock.now_ns()
-        resource_spans = request.resource_spans
-        resources = self._resource_entries(resource_spans, now)
-        kept: list[_KeptResource] = [
-            (rid, rs, fallback)
-            for (rid, fallback), rs in zip(resources, resource_spans, strict=True)
-            if rid >= 0
-        ]
-        if len(kept) < len(resources):
-            dropped = sum(
-                len(ss.spans)
-                for (rid, _), rs in zip(resources, resource_spans, strict=True)
-                if rid < 0
-                for ss in rs.scope_spans
-            )
-            self.counters[DROPPED_MISSING_SERVICE_NAME] += dropped
-            self.counters[SPANS_RECEIVED] += dropped
-        read = self._read_per_scope(kept) if self._per_scope else self._read_request(kept)
-        if not read:
+        plan = self.plan
+        rids = self._resource_ids(batch.resources, now)
+        # Per scope: its resource id and scope id; per span: the same, run-length expanded.
+        span_rids: list[int] = []
+        span_sids: list[int] = []
+        scope_start = span_start = 0
+        for i, scope_end in enumerate(batch.resource_scope_end):
+            rid = rids[i]
+            for j in range(scope_start, scope_end):
+                span_end = batch.scope_span_end[j]
+                count = span_end - span_start
+                span_rids += [rid] * count
+                if plan.scopes:
+                    scope = plan.scope_dimensions(*batch.scopes[j])
+                    span_sids += [self._scope_id(scope)] * count
+                span_start = span_end
+            scope_start = scope_end
+        n = len(span_rids)
+        kept: list[int] | None = None
+        if _NO_SERVICE in rids:
+            kept = [i for i, rid in enumerate(span_rids) if rid != _NO_SERVICE]
+            self.counters[DROPPED_MISSING_SERVICE_NAME] += n - len(kept)
+        self.counters[SPANS_RECEIVED] += n
+        if kept is not None:
+            if not kept:
+                return
+            batch = select(batch, kept)
+            span_rids = [span_rids[i] for i in kept]
+            if span_sids:
+                span_sids = [span_sids[i] for i in kept]
+            n = len(kept)
+        if not n:
             return
-        self.counters[SPANS_RECEIVED] += len(read)
-        keys = self.plan.with_sampling_method(
-            self.plan.exclude(list(map(_KEY, read))), map(_STATE, read)
+        keys = plan.keys(
+            span_rids,
+            span_sids if plan.scopes else repeat(0),
+            batch.names,
+            batch.kinds,
+            batch.codes,
+            self._dimension_values(batch, rids, span_rids),
         )
-        # fromiter with a known count fills one preallocated array, cheaper than np.array
-        # on a list, which first scans it for shape and type. Durations are exact ints;
-        # float64 takes any of them (no int64 overflow) and rounds as the uint64 -> float64
-        # cast of ``end - start`` would.
-        durations = np.fromiter(map(_DURATION, read), np.float64, len(read))
+        keys = plan.with_sampling_method(keys, batch.trace_states)
         rows = self._rows_for(keys, now)
-        # Spans are read again only when something needs more than the key and duration.
-        spans = self._spans(kept) if self._keep_spans else None
         weights: list[int] | None = None
-        if self.config.span_multiplier_key or any(map(_STATE, read)):
-            states: list[str] = list(map(_STATE, read))
-            weights = self._weights(
-                states, keys, spans if spans is not None else _Lazy(self._spans, kept),
-                resource_spans, resources,
-            )  # fmt: skip
+        if self.config.span_multiplier_key or any(batch.trace_states):
+            weights = self._weights(batch, rids, span_rids)
         pending = self._pending
-        pending.add(rows, durations, weights, now)
-        if spans is not None:
-            if self._exemplar_max:
-                self._collect_exemplars(spans, rows, durations)
-            if self.config.events.enabled:
-                self._count_events(spans, keys, weights, now)
+        pending.add(rows, batch.durations, weights, now)
+        if self._exemplar_max:
+            self._collect_exemplars(batch, rows)
+        if batch.events is not None:
+            self._count_events(batch.events, keys, weights, now)
         if len(pending.rows) >= APPLY_BATCH_SPANS:
             self._apply_pending()
+
+    def _dimension_values(
+        self, batch: SpanBatch, rids: list[int], span_rids: list[int]
+    ) -> list[tuple[object, ...]] | None:
+        """The dimension part of each span's key: the named values, then the glob matches."""
+        plan = self.plan
+        if not plan.globs:
+            return batch.values  # type: ignore[return-value]
+        assert batch.pairs is not None and batch.resource_pairs is not None
+        named: Iterable[tuple[object, ...]] = batch.values or repeat(())
+        base = {rid: plan.glob_values(batch.resource_pairs[i], ()) for i, rid in enumerate(rids)}
+        return [
+            (*v, plan.glob_values(pairs, base[rid]))
+            for v, pairs, rid in zip(named, batch.pairs, span_rids)  # noqa: B905
+        ]
 
     def _apply_pending(self) -> None:
         pending = self._pending
@@ -316,102 +313,19 @@ class SpanMetricsEngine:
         values = durations / self._ns_per_unit
         weights = pending.weights
         w = np.ones(n, np.int64) if weights is None else np.fromiter(weights, np.int64, n)
-        self.table.record(row_ids, values, w, pending.arrival_times())
-
-    @staticmethod
-    def _read_request(kept: list[_KeptResource]) -> list[_SpanRead]:
-        """Every span of the request in one comprehension: the common configuration (no
-        scope labels, no span-attribute dimensions)."""
-        # The key is built right here: zipping name/kind/code columns into keys afterwards
-        # would cost a second pass and a second tuple per span.
-        return [
-            (
-                (rid, 0, s.name, s.kind, s.status.code),
-                s.end_time_unix_nano - s.start_time_unix_nano,
-                s.trace_state,
-            )
-            for rid, rs, _ in kept
-            for ss in rs.scope_spans
-            for s in ss.spans
-        ]
-
-    @staticmethod
-    def _spans(kept: list[_KeptResource]) -> list[Span]:
-        """The spans read by :meth:`_read_request` or :meth:`_read_per_scope`, in order."""
-        return [s for _, rs, _ in kept for ss in rs.scope_spans for s in ss.spans]
-
-    def _read_per_scope(self, kept: list[_KeptResource]) -> list[_SpanRead]:
-        """Every span of the request when keys need scope labels or span-attribute
-        dimensions: one comprehension per resource and scope."""
-        plan = self.plan
-        read: list[_SpanRead] = []
-        for rid, rs, fallback in kept:
-            for ss in rs.scope_spans:
-                spans = ss.spans
-                if not spans:
-                    continue
-                scope = ss.scope
-                sid = (
-                    self._scope_id(plan.scope_dimensions(scope.name, scope.version))
-                    if plan.scopes
-                    else 0
+        arrivals = pending.arrival_times()
+        if weights is not None:
+            # An adjusted count below 1 may round to 0: such a span stands for no span, and
+            # must not touch the histogram's range either.
+            counted = w > 0
+            if not counted.all():
+                row_ids, values, w, arrivals = (
+                    row_ids[counted],
+                    values[counted],
+                    w[counted],
+                    arrivals[counted],
                 )
-                if plan.reads_span_attributes and self._may_hold_dimensions(ss, scope.name):
-                    read += self._read_scope_dimensions(spans, rid, sid, fallback, scope.name)
-                else:
-                    # Resource (or default) values for every span of the scope.
-                    read += [
-                        (
-                            (rid, sid, s.name, s.kind, s.status.code, *fallback),
-                            s.end_time_unix_nano - s.start_time_unix_nano,
-                            s.trace_state,
-                        )
-                        for s in spans
-                    ]
-        return read
-
-    def _may_hold_dimensions(self, ss: ScopeSpans, scope_name: str) -> bool:
-        """Whether spans of ``ss`` may carry dimension attributes, so must be scanned.
-
-        The byte check of :meth:`DimensionPlan.may_hold_dimensions` costs a serialization
-        of the scope, wasted on scopes whose spans do carry them (HTTP server spans for
-        HTTP dimensions), so a scope name whose last scan found some is scanned at once.
-        """
-        if self._scopes_with_dimensions.get(scope_name, False):
-            return True
-        if self.plan.may_hold_dimensions(ss):
-            return True
-        self._remember_scope(scope_name, False)
-        return False
-
-    def _remember_scope(self, scope_name: str, found: bool) -> None:
-        seen = self._scopes_with_dimensions
-        if len(seen) >= _SCOPE_MEMORY_LIMIT and scope_name not in seen:
-            seen.clear()
-        seen[scope_name] = found
-
-    def _read_scope_dimensions(
-        self,
-        spans: Iterable[Span],
-        rid: int,
-        sid: int,
-        fallback: tuple[str | None, ...],
-        scope_name: str,
-    ) -> list[_SpanRead]:
-        """The spans of one scope, each scanned for its dimension attributes."""
-        spans = list(spans)  # one wrapper per span for both passes below
-        span_values = self.plan.span_values
-        values = [span_values(s, fallback) for s in spans]
-        # span_values returns ``fallback`` itself when a span has none of the attributes.
-        self._remember_scope(scope_name, any(v is not fallback for v in values))
-        return [
-            (
-                (rid, sid, s.name, s.kind, s.status.code, *v),
-                s.end_time_unix_nano - s.start_time_unix_nano,
-                s.trace_state,
-            )
-            for s, v in zip(spans, values, strict=True)
-        ]
+        self.table.record(row_ids, values, w, arrivals)
 
     def _scope_id(self, scope: ScopeDimensions) -> int:
         sid = self._scopes.get(scope)
@@ -420,32 +334,28 @@ class SpanMetricsEngine:
             self._scope_list.append(scope)
         return sid
 
-    def _resource_entries(
-        self, resource_spans: Sequence[ResourceSpans], now: int
-    ) -> list[_ResourceEntry]:
+    def _resource_ids(self, resources: list[bytes], now: int) -> list[int]:
         """Per ResourceSpans: the id of its resource's state (-1 when it has no
-        ``service.name``) and its fallback dimension values."""
-        raws = [rs.resource.SerializeToString() for rs in resource_spans]
+        ``service.name``), remembered by the resource's bytes."""
         cache = self._resource_cache
-        entries = list(map(cache.get, raws))
-        if None in entries:
-            for i, entry in enumerate(entries):
-                if entry is None:
-                    entries[i] = self._cache_resource(raws[i], resource_spans[i].resource, now)
-        known = cast(list[_ResourceEntry], entries)
+        ids = list(map(cache.get, resources))
+        if None in ids:
+            for i, rid in enumerate(ids):
+                if rid is None:
+                    ids[i] = self._cache_resource(resources[i], now)
+        known = cast(list[int], ids)
         by_rid = self._by_rid
-        for rid, _ in set(known):
+        for rid in set(known):
             if rid >= 0:
                 by_rid[rid].last_seen_ns = now
         return known
 
-    def _cache_resource(self, raw: bytes, resource: Resource, now: int) -> _ResourceEntry:
-        rid = self._resolve_resource(resource, now)
-        entry = (rid, self.plan.resource_values(resource.attributes) if rid >= 0 else ())
+    def _cache_resource(self, raw: bytes, now: int) -> int:
+        rid = self._resolve_resource(Resource.FromString(raw), now)
         if len(self._resource_cache) >= _RESOURCE_CACHE_LIMIT:
             self._resource_cache.clear()
-        self._resource_cache[raw] = entry
-        return entry
+        self._resource_cache[raw] = rid
+        return rid
 
     def _resolve_resource(self, resource: Resource, now: int) -> int:
         identity = resource_identity(resource, self._key_attributes)
@@ -500,90 +410,80 @@ class SpanMetricsEngine:
             self._row_keys[row] = key
         return row
 
-    def _resource_multiplier(self, attributes: Iterable[KeyValue]) -> float | None:
-        key = self.config.span_multiplier_key
-        if not key:
+    def _multiplier(self, raw: bytes | None) -> float | None:
+        """A multiplier attribute's value (a serialized AnyValue); None when absent."""
+        if raw is None:
             return None
-        for kv in attributes:
-            if kv.key == key:
-                return parse_multiplier(any_value_to_number(kv.value))
-        return None
+        return parse_multiplier(any_value_to_number(AnyValue.FromString(raw)))
 
-    def _weights(
-        self,
-        states: list[str],
-        keys: list[SpanKey],
-        spans: Sequence[Span] | _Lazy,
-        resource_spans: Sequence[ResourceSpans],
-        resources: list[_ResourceEntry],
-    ) -> list[int]:
-        """Adjusted count of each span: tracestate threshold times any multiplier."""
+    def _weights(self, batch: SpanBatch, rids: list[int], span_rids: list[int]) -> list[int]:
+        """Adjusted count of each span: tracestate threshold times any multiplier (the
+        span's own, else its resource's)."""
         cache = self._adjusted_cache
-        key = self.config.span_multiplier_key
-        multipliers = {
-            rid: self._resource_multiplier(rs.resource.attributes)
-            for (rid, _), rs in zip(resources, resource_spans, strict=True)
-            if rid >= 0
-        }
+        by_rid: dict[int, float | None] = {}
+        if self.config.span_multiplier_key:
+            for rid, raw in zip(rids, batch.resource_multipliers, strict=True):
+                by_rid[rid] = self._multiplier(raw)
+        span_multipliers = batch.multipliers
         weights: list[int] = []
-        for i, tracestate in enumerate(states):
+        for i, tracestate in enumerate(batch.trace_states):
             count = cache.get(tracestate)
             if count is None:
                 count = cache[tracestate] = adjusted_count(tracestate)
-            multiplier = multipliers.get(keys[i][0])  # type: ignore[call-overload]
-            if key:
-                for kv in spans[i].attributes:
-                    if kv.key == key:
-                        parsed = parse_multiplier(any_value_to_number(kv.value))
-                        if parsed is None:
-                            self.counters[INVALID_MULTIPLIER] += 1
-                        else:
-                            multiplier = parsed
-                        break
+            multiplier = by_rid.get(span_rids[i])
+            if span_multipliers is not None and span_multipliers[i] is not None:
+                parsed = self._multiplier(span_multipliers[i])
+                if parsed is None:
+                    self.counters[INVALID_MULTIPLIER] += 1
+                else:
+                    multiplier = parsed
             if multiplier is not None:
                 count *= multiplier
+            if count > MAX_ADJUSTED_COUNT:
+                self.counters[ADJUSTED_COUNT_CAPPED] += 1
+                count = MAX_ADJUSTED_COUNT
             if count == 1.0:
                 weights.append(1)
             else:
-                # The span id is the random draw: it must be read even when nothing else
-                # of the span is (without it every count would round the same way).
-                weights.append(stochastic_round(count, spans[i].span_id))
+                # The span id is the random draw (the batch keeps it for every span that
+                # may weigh more than one): without it every count would round the same way.
+                weights.append(stochastic_round(count, batch.span_ids[i] or b""))
         if len(cache) > 10_000:
             # Tracestates are few in practice; bound the cache against odd producers.
             self._adjusted_cache = {"": 1.0}
         return weights
 
-    def _collect_exemplars(
-        self, spans: Sequence[Span], rows: list[int], durations: NDArray[np.float64]
-    ) -> None:
+    def _collect_exemplars(self, batch: SpanBatch, rows: list[int]) -> None:
         limit = self._exemplar_max
         store = self._exemplars
+        assert batch.trace_ids is not None and batch.end_times is not None
+        durations = batch.durations
         for i, row in enumerate(rows):
             kept = store.get(row)
             if kept is None:
                 kept = store[row] = []
             elif len(kept) >= limit:
                 continue
-            span = spans[i]
-            if not span.trace_id:
+            trace_id = batch.trace_ids[i]
+            if not trace_id:
                 continue
             duration = max(float(durations[i]), 0.0) / self._ns_per_unit
-            kept.append(Exemplar(span.trace_id, span.span_id, duration, span.end_time_unix_nano))
+            kept.append(Exemplar(trace_id, batch.span_ids[i] or b"", duration, batch.end_times[i]))
 
     def _count_events(
         self,
-        spans: Sequence[Span],
+        events: list[list[Values]],
         keys: list[SpanKey],
         weights: list[int] | None,
         now: int,
     ) -> None:
-        for i, (span, key) in enumerate(zip(spans, keys, strict=True)):
-            if not span.events:
+        for i, (span_events, key) in enumerate(zip(events, keys, strict=True)):
+            if not span_events:
                 continue
             weight = 1 if weights is None else weights[i]
             state = self._by_rid[key[0]]  # type: ignore[index]
-            for event in span.events:
-                event_key = (*key, *self.plan.event_values(event.attributes))
+            for values in span_events:
+                event_key = (*key, *values)
                 series = state.events.get(event_key)
                 if series is None:
                     series = state.events[event_key] = _EventSeries(0, now, now, now)

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from spanmetrics.aggregate.attributes import any_value_to_str
+from spanmetrics.model.attributes import any_value_to_str
 
 #: ``(service.name, (key, value), ...)`` with the pairs sorted, so attribute order and
 #: unlisted attributes don't split a resource.

@@ -36,6 +36,11 @@ def adjusted_count(tracestate: str) -> float:
     return 1.0
 
 
+#: The most spans one span may stand for. A larger adjusted count (a threshold near 2^56, or
+#: a huge multiplier) is not credible, and would overflow the 64-bit counts: it is capped.
+MAX_ADJUSTED_COUNT = 2**32
+
+
 def stochastic_round(value: float, span_id: bytes) -> int:
     """Round ``value`` up with probability equal to its fraction, drawing from the span id.
 

@@ -20,7 +20,6 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 
 from spanmetrics import __version__
-from spanmetrics.aggregate.attributes import any_value_to_str
 from spanmetrics.aggregate.explicit import ExplicitHistogram
 from spanmetrics.aggregate.expohist import ExpoHistogram
 from spanmetrics.aggregate.points import (
@@ -33,6 +32,7 @@ from spanmetrics.aggregate.points import (
     SeriesPoint,
 )
 from spanmetrics.aggregate.projection import project
+from spanmetrics.model.attributes import any_value_to_str
 from spanmetrics.model.enums import Temporality
 from spanmetrics.otlpjson import message_to_otlp_json
 

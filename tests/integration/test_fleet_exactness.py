@@ -23,10 +23,10 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from spanmetrics.aggregate.attributes import any_value_to_str
 from spanmetrics.decode import decode_metrics
 from spanmetrics.dev.synth import SpanGenerator, encode_request
 from spanmetrics.kafka.admin import ensure_topics
+from spanmetrics.model.attributes import any_value_to_str
 from spanmetrics.model.enums import span_kind_name, status_code_name
 
 pytestmark = pytest.mark.integration

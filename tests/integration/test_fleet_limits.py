@@ -17,9 +17,9 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from spanmetrics.aggregate.attributes import any_value_to_str
 from spanmetrics.decode import decode_metrics
 from spanmetrics.kafka.admin import ensure_topics
+from spanmetrics.model.attributes import any_value_to_str
 from tests.builders import SERVER, request, resource, span
 from tests.integration.test_fleet_exactness import Fleet
 

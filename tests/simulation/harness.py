@@ -37,9 +37,9 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from spanmetrics.aggregate.attributes import any_value_to_str
 from spanmetrics.config.model import Topology
 from spanmetrics.fleet.worker import Headers, TopicPartition, Worker
+from spanmetrics.model.attributes import any_value_to_str
 from spanmetrics.model.enums import span_kind_name, status_code_name
 from spanmetrics.state.store import Cut, MemoryStateStore, ShardCheckpoint, ShardWrite
 from tests.clock import FakeClock

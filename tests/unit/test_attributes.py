@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 
-from spanmetrics.aggregate.attributes import any_value_to_str, find_attributes
+from spanmetrics.model.attributes import any_value_to_str, find_attributes
 
 
 @pytest.mark.parametrize(

@@ -76,3 +76,32 @@ def test_rounding_is_unbiased_over_random_span_ids() -> None:
 )
 def test_parse_multiplier(value: object, expected: float | None) -> None:
     assert parse_multiplier(value) == expected  # type: ignore[arg-type]
+
+
+def test_an_incredible_adjusted_count_is_capped_not_a_crash() -> None:
+    """A multiplier of 1e19 used to overflow the 64-bit weights and raise from numpy,
+    stopping the consumer on one span."""
+    from spanmetrics.aggregate.engine import ADJUSTED_COUNT_CAPPED
+    from spanmetrics.aggregate.sampling import MAX_ADJUSTED_COUNT
+    from tests.builders import request, resource, span
+    from tests.unit.test_engine import make_engine, only
+
+    engine, _ = make_engine(span_multiplier_key="m")
+    engine.consume(request(resource({"service.name": "a"}, span(attributes={"m": 1e19}), span())))
+    assert only(engine.flush()).calls == MAX_ADJUSTED_COUNT + 1
+    assert engine.counters[ADJUSTED_COUNT_CAPPED] == 1
+
+
+def test_a_span_that_rounds_to_zero_counts_nothing() -> None:
+    """A multiplier below 1 may round a span to 0 spans: that used to raise "weights must
+    be positive" from the series table."""
+    from tests.builders import request, resource, span
+    from tests.unit.test_engine import make_engine, only
+
+    engine, _ = make_engine(span_multiplier_key="m")
+    # span id 0xff..: the draw is just below 1, above the fraction 1e-9: rounds down to 0.
+    spans = [span(attributes={"m": 1e-9}, span_id=b"\xff" * 8), span(duration_ms=5)]
+    engine.consume(request(resource({"service.name": "a"}, *spans)))
+    point = only(engine.flush())
+    assert point.calls == 1
+    assert point.duration is not None and point.duration.count == 1

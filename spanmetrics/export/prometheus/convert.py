@@ -21,7 +21,6 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AGGREGATION_TEMPORALITY_CUMULATIVE
 
-from spanmetrics.aggregate.attributes import any_value_to_str
 from spanmetrics.config.model import PrometheusHistograms
 from spanmetrics.export.prometheus import native
 from spanmetrics.export.prometheus.names import (
@@ -31,6 +30,7 @@ from spanmetrics.export.prometheus.names import (
     metric_name,
 )
 from spanmetrics.export.prometheus.series import Kind, Labels, PromExemplar, Series
+from spanmetrics.model.attributes import any_value_to_str
 
 #: Resource attributes that become ``job`` and ``instance`` instead of ``target_info`` labels.
 _IDENTITY_KEYS = frozenset({"service.name", "service.namespace", "service.instance.id"})
