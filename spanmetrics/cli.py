@@ -27,6 +27,7 @@ from spanmetrics.aggregate.summary import (
 from spanmetrics.config.load import ConfigError, load_topology
 from spanmetrics.config.model import Topology
 from spanmetrics.decode import ENCODINGS, DecodeError, decode_traces
+from spanmetrics.decode.batch import PATH as READER_PATH
 from spanmetrics.export.otlp import encode_metrics, snapshot_to_request
 from spanmetrics.model.clock import SystemClock
 
@@ -415,7 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn OpenTelemetry spans into RED metrics kept as mergeable exponential "
         "histograms.",
     )
-    parser.add_argument("--version", action="version", version=f"spanmetrics {__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"spanmetrics {__version__} (otlp_proto reader: {READER_PATH})",
+        help="print the version and which otlp_proto reader runs: native (the compiled "
+        "scanner) or python (SPANMETRICS_NATIVE=0, or the extension is not built)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     agg = sub.add_parser(

@@ -56,7 +56,7 @@ static int read_varint_slow(Reader *r, uint64_t *out) {
     int shift = 0;
     while (r->p < r->end) {
         uint8_t b = *r->p++;
-        if (shift == 63 && b > 1) return fail("invalid_protobuf", "varint overflows 64 bits");
+        /* Bits past 64 in a tenth byte are dropped, as upb drops them. */
         v |= (uint64_t)(b & 0x7F) << shift;
         if (!(b & 0x80)) {
             *out = v;
@@ -79,12 +79,21 @@ static inline int read_varint(Reader *r, uint64_t *out) {
     return read_varint_slow(r, out);
 }
 
-static inline int read_tag(Reader *r, uint32_t *field, int *wt) {
+/* Field numbers go up to 2^29 - 1. */
+#define MAX_FIELD 536870911u
+
+/* A tag inside a skipped group, where upb lets field number 0 pass. */
+static inline int read_group_tag(Reader *r, uint32_t *field, int *wt) {
     uint64_t tag;
     if (read_varint(r, &tag)) return -1;
-    if (tag >> 32) return fail("invalid_protobuf", "field number out of range");
+    if ((tag >> 3) > MAX_FIELD) return fail("invalid_protobuf", "field number out of range");
     *field = (uint32_t)(tag >> 3);
     *wt = (int)(tag & 7);
+    return 0;
+}
+
+static inline int read_tag(Reader *r, uint32_t *field, int *wt) {
+    if (read_group_tag(r, field, wt)) return -1;
     if (*field == 0) return fail("invalid_protobuf", "field number 0");
     return 0;
 }
@@ -112,11 +121,11 @@ static int skip_field(Reader *r, int wt, uint32_t field, int depth);
 
 /* A group (deprecated wire type 3) up to its end tag; upb skips unknown groups. */
 static int skip_group(Reader *r, uint32_t field, int depth) {
-    if (depth > MAX_DEPTH) return fail("invalid_protobuf", "nested too deeply");
+    if (depth >= MAX_DEPTH) return fail("invalid_protobuf", "nested too deeply");
     while (r->p < r->end) {
         uint32_t f;
         int wt;
-        if (read_tag(r, &f, &wt)) return -1;
+        if (read_group_tag(r, &f, &wt)) return -1;
         if (wt == WT_EGROUP) {
             if (f != field) return fail("invalid_protobuf", "mismatched end group");
             return 0;
@@ -143,6 +152,20 @@ static int skip_field(Reader *r, int wt, uint32_t field, int depth) {
     case WT_SGROUP: return skip_group(r, field, depth);
     default: return fail("invalid_protobuf", "invalid wire type");
     }
+}
+
+/*
+ * A message given more than once is merged by parsing each occurrence into the same
+ * message, so each must hold whole fields on its own (a group may not run past its end):
+ * then the occurrences' bytes back to back parse as their merge.
+ */
+static int check_part(Reader r, int depth) {
+    while (r.p < r.end) {
+        uint32_t f;
+        int wt;
+        if (read_tag(&r, &f, &wt) || skip_field(&r, wt, f, depth)) return -1;
+    }
+    return 0;
 }
 
 /* Strict UTF-8 (no overlongs, no surrogates, at most U+10FFFF), as upb checks it. */
@@ -207,7 +230,7 @@ static int validate_anyvalue(Reader r, int depth);
 /* KeyValue { key = 1 string; value = 2 AnyValue } and KeyValueList/ArrayValue walkers,
  * for the strings that are skipped but must still be valid. */
 static int validate_keyvalue(Reader r, int depth) {
-    if (depth > MAX_DEPTH) return fail("invalid_protobuf", "nested too deeply");
+    if (depth >= MAX_DEPTH) return fail("invalid_protobuf", "nested too deeply");
     while (r.p < r.end) {
         uint32_t f;
         int wt;
@@ -222,7 +245,7 @@ static int validate_keyvalue(Reader r, int depth) {
 }
 
 static int validate_values(Reader r, int depth, int keyvalues) {
-    if (depth > MAX_DEPTH) return fail("invalid_protobuf", "nested too deeply");
+    if (depth >= MAX_DEPTH) return fail("invalid_protobuf", "nested too deeply");
     while (r.p < r.end) {
         uint32_t f;
         int wt;
@@ -238,7 +261,7 @@ static int validate_values(Reader r, int depth, int keyvalues) {
 
 /* AnyValue { string_value = 1; bool = 2; int = 3; double = 4; array = 5; kvlist = 6; bytes = 7 } */
 static int validate_anyvalue(Reader r, int depth) {
-    if (depth > MAX_DEPTH) return fail("invalid_protobuf", "nested too deeply");
+    if (depth >= MAX_DEPTH) return fail("invalid_protobuf", "nested too deeply");
     while (r.p < r.end) {
         uint32_t f;
         int wt;
@@ -274,7 +297,9 @@ static PyObject *render_value(Reader r, int depth) {
         } else if ((f == 2 || f == 3) && wt == WT_VARINT) {
             if (read_varint(&r, &num)) return NULL;
             kind = (int)f;
-        } else if (f >= 4 && f <= 7 && wt == (f == 4 ? WT_I64 : WT_LEN)) {
+        } else if ((f >= 4 && f <= 7 && wt == (f == 4 ? WT_I64 : WT_LEN)) ||
+                   (f == 8 && wt == WT_VARINT)) {
+            /* 8: string_value_strindex (profiles' string table), rendered by Python. */
             if (skip_field(&r, wt, f, depth)) return NULL;
             kind = (int)f;
         } else if (skip_field(&r, wt, f, depth)) return NULL;
@@ -333,7 +358,7 @@ static int scan_keyvalue(Reader r, const Lookup *lk, Found *fd, int depth) {
         int wt;
         if (read_tag(&r, &f, &wt)) return -1;
         if (f == 1 && wt == WT_LEN) {
-            if (read_len(&r, &key)) return -1;
+            if (read_len(&r, &key) || check_utf8(&key)) return -1;
         } else if (f == 2 && wt == WT_LEN) {
             if (read_len(&r, &value)) return -1;
             n_values++;
@@ -355,6 +380,10 @@ static int scan_keyvalue(Reader r, const Lookup *lk, Found *fd, int depth) {
         if (read_tag(&all, &f, &wt)) break;
         if (f == 2 && wt == WT_LEN) {
             if (read_len(&all, &v)) break;
+            if (check_part(v, depth + 1)) {
+                PyMem_Free(buf);
+                return -1;
+            }
             memcpy(buf + at, v.p, (size_t)(v.end - v.p));
             at += (size_t)(v.end - v.p);
         } else if (skip_field(&all, wt, f, depth)) break;
@@ -366,7 +395,6 @@ static int scan_keyvalue(Reader r, const Lookup *lk, Found *fd, int depth) {
 
 static int match_keyvalue(Reader key, Reader value, int has_value, const Lookup *lk, Found *fd,
                           int depth) {
-    if (check_utf8(&key)) return -1;
     int matched = 0;
     for (Py_ssize_t i = 0; i < lk->n_wanted; i++) {
         if (fd->values[i] == NULL && key_equals(lk->utf8[i], lk->len[i], &key)) {
@@ -480,7 +508,7 @@ static int append_new(PyObject *list, PyObject *item) {
  * the other string fields listed in ``strings`` validated. */
 static int scan_attributes(Reader r, uint32_t attr_field, const uint32_t *strings, int n_strings,
                            const Lookup *lk, Found *fd, int depth) {
-    if (depth > MAX_DEPTH) return fail("invalid_protobuf", "nested too deeply");
+    if (depth >= MAX_DEPTH) return fail("invalid_protobuf", "nested too deeply");
     while (r.p < r.end) {
         uint32_t f;
         int wt;
@@ -595,6 +623,9 @@ static int scan_span(Reader r, const Config *cfg, Out *out, PyObject *fallback,
         if (wt == WT_LEN && (f == 1 || f == 2 || f == 3 || f == 4 || f == 5)) {
             Reader s;
             if (read_len(&r, &s)) goto error;
+            /* Every occurrence of a string must be UTF-8, also one that a later one
+             * replaces: upb checks each. */
+            if ((f == 3 || f == 5) && check_utf8(&s)) goto error;
             if (f == 1) trace_id = s;
             else if (f == 2) span_id = s;
             else if (f == 3) state = s;
@@ -696,6 +727,7 @@ static PyObject *scan_scope(Reader r, int depth) {
         if (read_tag(&r, &f, &wt)) return NULL;
         if ((f == 1 || f == 2) && wt == WT_LEN) {
             if (read_len(&r, f == 1 ? &name : &version)) return NULL;
+            if (check_utf8(f == 1 ? &name : &version)) return NULL;
         } else if (f == 3 && wt == WT_LEN) {
             Reader kv;
             if (read_len(&r, &kv) || validate_keyvalue(kv, depth + 1)) return NULL;
@@ -717,20 +749,20 @@ static PyObject *scan_scope(Reader r, int depth) {
 /* ScopeSpans { scope 1; spans 2; schema_url 3 } */
 static int scan_scope_spans(Reader r, const Config *cfg, Out *out, PyObject *fallback,
                             PyObject *resource_multiplier, int depth) {
-    /* The scope may come after the spans, and may be given twice (merged). */
+    /* The scope may come after the spans, and may be given more than once (merged). */
     PyObject *scope = NULL;
-    Reader scope_bytes[8];
+    Reader last_scope = {r.end, r.end};
     int n_scope = 0;
+    size_t total = 0;
     Reader scan = r;
     while (scan.p < scan.end) {
         uint32_t f;
         int wt;
         if (read_tag(&scan, &f, &wt)) return -1;
         if (f == 1 && wt == WT_LEN) {
-            Reader s;
-            if (read_len(&scan, &s)) return -1;
-            if (n_scope == 8) return fail("invalid_protobuf", "scope given more than 8 times");
-            scope_bytes[n_scope++] = s;
+            if (read_len(&scan, &last_scope)) return -1;
+            n_scope++;
+            total += (size_t)(last_scope.end - last_scope.p);
         } else if (f == 2 && wt == WT_LEN) {
             Reader s;
             if (read_len(&scan, &s)) return -1;
@@ -741,23 +773,32 @@ static int scan_scope_spans(Reader r, const Config *cfg, Out *out, PyObject *fal
         } else if (skip_field(&scan, wt, f, depth)) return -1;
     }
     if (n_scope <= 1) {
-        scope = scan_scope(n_scope ? scope_bytes[0] : (Reader){r.end, r.end}, depth + 1);
+        scope = scan_scope(last_scope, depth + 1);
     } else {
         /* Merged: the concatenation parses as the merge (last name and version win). */
-        size_t total = 0;
-        for (int i = 0; i < n_scope; i++) total += (size_t)(scope_bytes[i].end - scope_bytes[i].p);
         uint8_t *buf = PyMem_Malloc(total ? total : 1);
         if (buf == NULL) {
             PyErr_NoMemory();
             return -1;
         }
         size_t at = 0;
-        for (int i = 0; i < n_scope; i++) {
-            size_t len = (size_t)(scope_bytes[i].end - scope_bytes[i].p);
-            memcpy(buf + at, scope_bytes[i].p, len);
-            at += len;
+        scan = r;
+        while (scan.p < scan.end) {
+            uint32_t f;
+            int wt;
+            Reader s;
+            if (read_tag(&scan, &f, &wt)) break;
+            if (f == 1 && wt == WT_LEN) {
+                if (read_len(&scan, &s)) break;
+                if (check_part(s, depth + 1)) {
+                    PyMem_Free(buf);
+                    return -1;
+                }
+                memcpy(buf + at, s.p, (size_t)(s.end - s.p));
+                at += (size_t)(s.end - s.p);
+            } else if (skip_field(&scan, wt, f, depth)) break;
         }
-        scope = scan_scope((Reader){buf, buf + total}, depth + 1);
+        scope = scan_scope((Reader){buf, buf + at}, depth + 1);
         PyMem_Free(buf);
     }
     if (append_new(out->scopes, scope)) return -1;
@@ -776,7 +817,7 @@ static int scan_resource_spans(Reader r, const Config *cfg, Out *out, int depth)
         if (read_tag(&scan, &f, &wt)) goto error;
         if (f == 1 && wt == WT_LEN) {
             Reader s;
-            if (read_len(&scan, &s)) goto error;
+            if (read_len(&scan, &s) || check_part(s, depth + 1)) goto error;
             PyObject *part = PyBytes_FromStringAndSize((const char *)s.p, s.end - s.p);
             if (part == NULL) goto error;
             PyBytes_ConcatAndDel(&raw, part);

@@ -42,6 +42,7 @@ def any_values(depth: int = 2) -> st.SearchStrategy[AnyValue]:
         st.integers(-(2**63), 2**63 - 1).map(lambda i: AnyValue(int_value=i)),
         st.floats(allow_nan=True).map(lambda f: AnyValue(double_value=f)),
         st.binary(max_size=4).map(lambda b: AnyValue(bytes_value=b)),
+        st.integers(-(2**31), 2**31 - 1).map(lambda i: AnyValue(string_value_strindex=i)),
         st.just(AnyValue()),
     )
     if depth == 0:
@@ -298,3 +299,47 @@ def test_an_attribute_value_given_twice_merges(values: list[AnyValue], spec: Bat
     data = _field(1, _field(1, resource) + _field(2, _field(2, span)))
     spec = BatchSpec(("a",), (None,), "a", spec.ids, spec.events, ("a",), (None,), True)
     assert agree(data, spec)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        # Found by the fuzz target: a span name given twice, the first not UTF-8.
+        _field(1, _field(2, _field(2, _field(5, b"\xff\xfe") + _field(5, b"ok")))),
+        # A scope name, an attribute key, the same.
+        _field(1, _field(2, _field(1, _field(1, b"\xff") + _field(1, b"io.x")))),
+        _field(1, _field(1, _field(1, _field(1, b"\xff") + _field(1, b"a")))),
+        # A tenth varint byte with bits past 64 (upb drops them).
+        b"\x10" + b"\x97" * 9 + b"\x02",
+        # A skipped group holding a field number 0 (upb lets it pass), and one too deep.
+        b"\x2b\x00\x01\x2c",
+        b"\x2b" + b"\x33" * 99 + b"\x34" * 99 + b"\x2c",
+        b"\x2b" + b"\x33" * 100 + b"\x34" * 100 + b"\x2c",
+        # A field number past 2^29 - 1.
+        b"\x80\x80\x80\x80\x10\x00",
+        # An attribute value given twice, the first a group that runs past its end (upb
+        # parses each occurrence on its own).
+        _field(
+            1,
+            _field(
+                1, _field(1, bytes.fromhex("120c736572766963652e6e616d65120a0a08636865636b6f7574"))
+            ),
+        ),
+        # An attribute value by string-table index (AnyValue field 8), as upb renders it.
+        _field(1, _field(1, _field(1, _field(1, b"a") + _field(2, b"\x40\x1e")))),
+    ],
+    ids=[
+        "span name",
+        "scope name",
+        "attribute key",
+        "long varint",
+        "group field 0",
+        "groups 100 deep",
+        "groups 101 deep",
+        "field number",
+        "value split mid-group",
+        "string table index",
+    ],
+)
+def test_regressions_found_by_fuzzing(record: bytes) -> None:
+    assert agree(record, FULL)

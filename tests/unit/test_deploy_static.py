@@ -452,6 +452,9 @@ def test_image_ships_the_runtime_without_the_development_tools() -> None:
     assert [d for d in project["optional-dependencies"]["embedded"] if d.startswith("calfkit")]
     # The image runs the worker only; compose and the Deployment run what the image runs.
     assert dockerfile()["CMD"][0] == "worker"
+    # With the compiled scanner: a compiler while installing, and a check that it runs.
+    assert text.index("install -y --no-install-recommends gcc") < text.index("pip install")
+    assert "assert PATH == 'native'" in text and "purge -y --auto-remove gcc" in text
     makefile = (ROOT / "Makefile").read_text()
     assert "pip install --quiet -e '.[dev,embedded]'" in makefile, "make install has it all"
 
