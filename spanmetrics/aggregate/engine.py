@@ -49,7 +49,14 @@ from spanmetrics.aggregate.sampling import (
 )
 from spanmetrics.aggregate.series import HistogramColumns, SeriesTable
 from spanmetrics.config.model import Encoding, SpanMetricsConfig
-from spanmetrics.decode.batch import SpanBatch, Values, batch_from_request, read_batch, select
+from spanmetrics.decode.batch import (
+    KeyLayout,
+    SpanBatch,
+    Values,
+    batch_from_request,
+    read_batch,
+    select,
+)
 from spanmetrics.model.attributes import any_value_to_number
 from spanmetrics.model.clock import Clock
 from spanmetrics.model.enums import Temporality
@@ -144,6 +151,11 @@ _NO_SERVICE = -1
 _RESOURCE_CACHE_LIMIT = 10_000
 
 
+def _first(keys: list[SpanKey]) -> list[int]:
+    """The resource id of each key."""
+    return cast(list[int], [k[0] for k in keys])
+
+
 def explicit_bounds(config: SpanMetricsConfig) -> tuple[float, ...] | None:
     """Bounds of the explicit duration histogram in the metric's unit; None when the
     histogram is exponential (or disabled)."""
@@ -189,6 +201,16 @@ class SpanMetricsEngine:
         self.spec = self.plan.batch_spec(
             ids=bool(self._exemplar_max), multiplier_key=config.span_multiplier_key
         )
+        #: The scanner builds series keys itself, with this engine's resource and scope ids.
+        self._layout = KeyLayout(
+            self._resolve,
+            self._scope_id_of if self.plan.scopes else None,
+            self.plan.keep_name,
+            self.plan.keep_kind,
+            self.plan.keep_status,
+        )
+        #: The time of the record being consumed (a resource created while scanning).
+        self._now = 0
 
     def _histogram_columns(self, config: SpanMetricsConfig) -> HistogramColumns | None:
         hist = config.histogram
@@ -213,10 +235,12 @@ class SpanMetricsEngine:
         Raises:
             DecodeError: the record is not valid in ``encoding``; nothing was aggregated.
         """
-        self.consume_batch(read_batch(value, encoding, self.spec))
+        self._now = self.clock.now_ns()
+        self.consume_batch(read_batch(value, encoding, self.spec, self._layout))
 
     def consume(self, request: ExportTraceServiceRequest) -> None:
         """Aggregate every span of one decoded request (read by the pure-Python reader)."""
+        self._now = self.clock.now_ns()
         self.consume_batch(batch_from_request(request, self.spec))
 
     def consume_batch(self, batch: SpanBatch) -> None:
@@ -225,53 +249,52 @@ class SpanMetricsEngine:
         Series are created at once; counts and histograms may be buffered until enough
         spans are pending or until the next :meth:`flush`.
         """
-        now = self.clock.now_ns()
+        now = self._now
         plan = self.plan
-        rids = self._resource_ids(batch.resources, now)
-        # Per scope: its resource id and scope id; per span: the same, run-length expanded.
-        span_rids: list[int] = []
-        span_sids: list[int] = []
-        scope_start = span_start = 0
-        for i, scope_end in enumerate(batch.resource_scope_end):
-            rid = rids[i]
-            for j in range(scope_start, scope_end):
-                span_end = batch.scope_span_end[j]
-                count = span_end - span_start
-                span_rids += [rid] * count
-                if plan.scopes:
-                    scope = plan.scope_dimensions(*batch.scopes[j])
-                    span_sids += [self._scope_id(scope)] * count
-                span_start = span_end
-            scope_start = scope_end
-        n = len(span_rids)
-        kept: list[int] | None = None
-        if _NO_SERVICE in rids:
-            kept = [i for i, rid in enumerate(span_rids) if rid != _NO_SERVICE]
-            self.counters[DROPPED_MISSING_SERVICE_NAME] += n - len(kept)
+        if batch.resource_ids is not None:
+            rids = self._seen(batch.resource_ids, now)  # resolved while scanning
+        else:
+            rids = self._resource_ids(batch.resources, now)
+        n = len(batch)
         self.counters[SPANS_RECEIVED] += n
-        if kept is not None:
+        # Without keys from the scanner, each span's resource and scope ids, by position.
+        span_rids = None if batch.keys is not None else self._per_span(batch, rids, by_scope=False)
+        span_sids = (
+            self._per_span(batch, self._scope_ids(batch), by_scope=True)
+            if batch.keys is None and plan.scopes
+            else None
+        )
+        if _NO_SERVICE in rids:
+            first = _first(batch.keys) if batch.keys is not None else span_rids
+            assert first is not None
+            kept = [i for i, rid in enumerate(first) if rid != _NO_SERVICE]
+            self.counters[DROPPED_MISSING_SERVICE_NAME] += n - len(kept)
             if not kept:
                 return
             batch = select(batch, kept)
-            span_rids = [span_rids[i] for i in kept]
-            if span_sids:
-                span_sids = [span_sids[i] for i in kept]
-            n = len(kept)
-        if not n:
+            span_rids = None if span_rids is None else [span_rids[i] for i in kept]
+            span_sids = None if span_sids is None else [span_sids[i] for i in kept]
+        if not len(batch):
             return
-        keys = plan.keys(
-            span_rids,
-            span_sids if plan.scopes else repeat(0),
-            batch.names,
-            batch.kinds,
-            batch.codes,
-            self._dimension_values(batch, rids, span_rids),
-        )
+        if batch.keys is not None:
+            keys = batch.keys  # built by the scanner, in the plan's layout
+        else:
+            assert span_rids is not None
+            keys = plan.keys(
+                span_rids,
+                span_sids if span_sids is not None else repeat(0),
+                batch.names,
+                batch.kinds,
+                batch.codes,
+                self._dimension_values(batch, rids, span_rids),
+            )
         keys = plan.with_sampling_method(keys, batch.trace_states)
         rows = self._rows_for(keys, now)
         weights: list[int] | None = None
         if self.config.span_multiplier_key or any(batch.trace_states):
-            weights = self._weights(batch, rids, span_rids)
+            weights = self._weights(
+                batch, rids, span_rids if span_rids is not None else _first(keys)
+            )
         pending = self._pending
         pending.add(rows, batch.durations, weights, now)
         if self._exemplar_max:
@@ -280,6 +303,48 @@ class SpanMetricsEngine:
             self._count_events(batch.events, keys, weights, now)
         if len(pending.rows) >= APPLY_BATCH_SPANS:
             self._apply_pending()
+
+    @staticmethod
+    def _per_span(batch: SpanBatch, ids: list[int], by_scope: bool) -> list[int]:
+        """A per-resource (or per-scope) id repeated for each of its spans."""
+        out: list[int] = []
+        span_start = scope_start = 0
+        if by_scope:
+            for j, span_end in enumerate(batch.scope_span_end):
+                out += [ids[j]] * (span_end - span_start)
+                span_start = span_end
+            return out
+        for i, scope_end in enumerate(batch.resource_scope_end):
+            span_end = (
+                batch.scope_span_end[scope_end - 1] if scope_end > scope_start else span_start
+            )
+            out += [ids[i]] * (span_end - span_start)
+            span_start, scope_start = span_end, scope_end
+        return out
+
+    def _scope_ids(self, batch: SpanBatch) -> list[int]:
+        """The scope id of each scope of the batch (its ``include_instrumentation_scope``
+        labels)."""
+        plan = self.plan
+        return [
+            self._scope_id(plan.scope_dimensions(name, version)) for name, version in batch.scopes
+        ]
+
+    def _scope_id_of(self, name: str, version: str) -> int:
+        """The scanner's :attr:`KeyLayout.scope_id`."""
+        return self._scope_id(self.plan.scope_dimensions(name, version))
+
+    def _resolve(self, raw: bytes) -> int:
+        """The scanner's :attr:`KeyLayout.resolve`: a resource's id, from its bytes."""
+        rid = self._resource_cache.get(raw)
+        return self._cache_resource(raw, self._now) if rid is None else rid
+
+    def _seen(self, rids: list[int], now: int) -> list[int]:
+        by_rid = self._by_rid
+        for rid in set(rids):
+            if rid >= 0:
+                by_rid[rid].last_seen_ns = now
+        return rids
 
     def _dimension_values(
         self, batch: SpanBatch, rids: list[int], span_rids: list[int]
@@ -343,12 +408,7 @@ class SpanMetricsEngine:
             for i, rid in enumerate(ids):
                 if rid is None:
                     ids[i] = self._cache_resource(resources[i], now)
-        known = cast(list[int], ids)
-        by_rid = self._by_rid
-        for rid in set(known):
-            if rid >= 0:
-                by_rid[rid].last_seen_ns = now
-        return known
+        return self._seen(cast(list[int], ids), now)
 
     def _cache_resource(self, raw: bytes, now: int) -> int:
         rid = self._resolve_resource(Resource.FromString(raw), now)

@@ -85,6 +85,8 @@ static inline int read_varint(Reader *r, uint64_t *out) {
 /* A tag inside a skipped group, where upb lets field number 0 pass. */
 static inline int read_group_tag(Reader *r, uint32_t *field, int *wt) {
     uint64_t tag;
+    *field = 0;
+    *wt = 0;
     if (read_varint(r, &tag)) return -1;
     if ((tag >> 3) > MAX_FIELD) return fail("invalid_protobuf", "field number out of range");
     *field = (uint32_t)(tag >> 3);
@@ -211,18 +213,66 @@ static inline int check_utf8(const Reader *s) {
 }
 
 /* A str from a string field (validated by Python's decoder, which is as strict). */
-static PyObject *make_str(const Reader *s) {
-    Py_ssize_t n = s->end - s->p;
+/*
+ * Span names and attribute values repeat from span to span and record to record: a small
+ * direct-mapped cache hands out the same str object for the same bytes. That saves the
+ * allocation, and the engine's dict lookups then use the str's cached hash.
+ */
+#define INTERN_SLOTS 8192
+#define INTERN_MAX_LEN 64
+
+typedef struct {
+    PyObject *str;
+    const char *utf8;
+    Py_ssize_t len;
+} InternSlot;
+
+static InternSlot intern_cache[INTERN_SLOTS];
+
+static inline uint32_t bytes_hash(const uint8_t *p, Py_ssize_t n) {
+    uint32_t h = 2166136261u;
+    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ p[i]) * 16777619u;
+    return h;
+}
+
+/* A str from UTF-8 bytes already known to be valid, or to be checked by the decoder. */
+static PyObject *str_from(const uint8_t *p, Py_ssize_t n) {
     if (n == 0) {
         Py_INCREF(empty_str);
         return empty_str;
     }
-    PyObject *out = PyUnicode_DecodeUTF8((const char *)s->p, n, "strict");
+    InternSlot *slot = NULL;
+    if (n <= INTERN_MAX_LEN) {
+        slot = &intern_cache[bytes_hash(p, n) & (INTERN_SLOTS - 1)];
+        if (slot->str != NULL && slot->len == n && memcmp(slot->utf8, p, (size_t)n) == 0) {
+            Py_INCREF(slot->str);
+            return slot->str;
+        }
+    }
+    PyObject *out = PyUnicode_DecodeUTF8((const char *)p, n, "strict");
     if (out == NULL) {
         PyErr_Clear();
         fail("invalid_utf8", "string field is not valid UTF-8");
+        return NULL;
+    }
+    if (slot != NULL) {
+        Py_ssize_t len;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(out, &len);
+        if (utf8 == NULL) {
+            PyErr_Clear();
+            return out;
+        }
+        Py_XSETREF(slot->str, out);
+        Py_INCREF(out);
+        slot->utf8 = utf8;
+        slot->len = len;
     }
     return out;
+}
+
+/* A str from a string field (validated by Python's decoder, which is as strict). */
+static inline PyObject *make_str(const Reader *s) {
+    return str_from(s->p, s->end - s->p);
 }
 
 static int validate_anyvalue(Reader r, int depth);
@@ -262,6 +312,11 @@ static int validate_values(Reader r, int depth, int keyvalues) {
 /* AnyValue { string_value = 1; bool = 2; int = 3; double = 4; array = 5; kvlist = 6; bytes = 7 } */
 static int validate_anyvalue(Reader r, int depth) {
     if (depth >= MAX_DEPTH) return fail("invalid_protobuf", "nested too deeply");
+    /* The common case first: one string value and nothing else. */
+    if (r.end - r.p >= 2 && r.p[0] == 0x0a && r.p[1] < 0x80 && r.p + 2 + r.p[1] == r.end) {
+        Reader str = {r.p + 2, r.end};
+        return check_utf8(&str);
+    }
     while (r.p < r.end) {
         uint32_t f;
         int wt;
@@ -314,7 +369,19 @@ static PyObject *render_value(Reader r, int depth) {
         Py_INCREF(b);
         return b;
     }
-    if (kind == 3) return PyUnicode_FromFormat("%lld", (long long)(int64_t)num);
+    if (kind == 3) {
+        /* Decimal, as str(int): by hand, snprintf costs more than the rest of a value. */
+        char digits[24];
+        char *at = digits + sizeof digits;
+        int64_t v = (int64_t)num;
+        uint64_t mag = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+        do {
+            *--at = (char)('0' + mag % 10);
+            mag /= 10;
+        } while (mag);
+        if (v < 0) *--at = '-';
+        return str_from((const uint8_t *)at, digits + sizeof digits - at);
+    }
     /* double, bytes, array, kvlist, or no value: Python renders these. */
     return PyBytes_FromStringAndSize((const char *)start, stop - start);
 }
@@ -485,6 +552,7 @@ typedef struct {
     PyObject *scopes, *scope_end;
     PyObject *names, *kinds, *codes, *durations, *states, *values, *multipliers;
     PyObject *trace_ids, *span_ids, *end_times, *events, *pairs;
+    PyObject *keys, *resource_ids; /* when the key layout is given */
     Py_ssize_t n_raw;
 } Out;
 
@@ -495,6 +563,10 @@ typedef struct {
     PyObject *event_defaults;
     int want_ids;
     int want_events;
+    /* The key layout, when the scanner builds series keys (resolve is not NULL). */
+    PyObject *resolve;   /* resource bytes -> resource id */
+    PyObject *scope_id;  /* (name, version) -> scope id, or NULL: always 0 */
+    int keep;            /* 1 span.name, 2 span.kind, 4 status.code */
 } Config;
 
 static int append_new(PyObject *list, PyObject *item) {
@@ -603,8 +675,30 @@ static PyObject *scan_event(Reader r, const Config *cfg, Out *out, int depth) {
     return t;
 }
 
+/* A span's series key: (resource id, scope id, name, kind, code, *values), the excluded
+ * intrinsics as None; the layout of spanmetrics.aggregate.dimensions.DimensionPlan.keys. */
+static PyObject *make_key(const Config *cfg, PyObject *rid, PyObject *sid, PyObject *name,
+                          PyObject *kind, PyObject *code, const Found *fd, Py_ssize_t n,
+                          PyObject *fallback) {
+    PyObject *key = PyTuple_New(5 + n);
+    if (key == NULL) return NULL;
+    PyObject *items[5] = {rid, sid, (cfg->keep & 1) ? name : Py_None,
+                          (cfg->keep & 2) ? kind : Py_None, (cfg->keep & 4) ? code : Py_None};
+    for (int i = 0; i < 5; i++) {
+        Py_INCREF(items[i]);
+        PyTuple_SET_ITEM(key, i, items[i]);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = fd->values[i];
+        if (v == NULL) v = fallback != NULL ? PyTuple_GET_ITEM(fallback, i) : Py_None;
+        Py_INCREF(v);
+        PyTuple_SET_ITEM(key, 5 + i, v);
+    }
+    return key;
+}
+
 static int scan_span(Reader r, const Config *cfg, Out *out, PyObject *fallback,
-                     PyObject *resource_multiplier, int depth) {
+                     PyObject *resource_multiplier, PyObject *rid, PyObject *sid, int depth) {
     Reader name = {0, 0}, state = {0, 0}, trace_id = {0, 0}, span_id = {0, 0};
     uint64_t kind = 0, code = 0, start = 0, end = 0;
     PyObject *slots[64];
@@ -670,9 +764,22 @@ static int scan_span(Reader r, const Config *cfg, Out *out, PyObject *fallback,
             }
         } else if (skip_field(&r, wt, f, depth)) goto error;
     }
-    if (append_new(out->names, make_str(&name))) goto error;
-    if (append_new(out->kinds, PyLong_FromLong((long)(int32_t)kind))) goto error;
-    if (append_new(out->codes, PyLong_FromLong((long)(int32_t)code))) goto error;
+    {
+        PyObject *name_obj = make_str(&name);
+        PyObject *kind_obj = name_obj ? PyLong_FromLong((long)(int32_t)kind) : NULL;
+        PyObject *code_obj = kind_obj ? PyLong_FromLong((long)(int32_t)code) : NULL;
+        int rc = code_obj == NULL;
+        if (!rc && out->keys != NULL) {
+            rc = append_new(out->keys, make_key(cfg, rid, sid, name_obj, kind_obj, code_obj, &fd,
+                                                n, fallback));
+        }
+        rc = rc || PyList_Append(out->names, name_obj) || PyList_Append(out->kinds, kind_obj) ||
+             PyList_Append(out->codes, code_obj);
+        Py_XDECREF(name_obj);
+        Py_XDECREF(kind_obj);
+        Py_XDECREF(code_obj);
+        if (rc) goto error;
+    }
     {
         /* end - start exactly, then rounded once to a double, as float(end - start). */
         double d = end >= start ? (double)(end - start) : -(double)(start - end);
@@ -748,8 +855,8 @@ static PyObject *scan_scope(Reader r, int depth) {
 
 /* ScopeSpans { scope 1; spans 2; schema_url 3 } */
 static int scan_scope_spans(Reader r, const Config *cfg, Out *out, PyObject *fallback,
-                            PyObject *resource_multiplier, int depth) {
-    /* The scope may come after the spans, and may be given more than once (merged). */
+                            PyObject *resource_multiplier, PyObject *rid, int depth) {
+    /* The scope first: it may come after the spans, and be given more than once (merged). */
     PyObject *scope = NULL;
     Reader last_scope = {r.end, r.end};
     int n_scope = 0;
@@ -763,13 +870,6 @@ static int scan_scope_spans(Reader r, const Config *cfg, Out *out, PyObject *fal
             if (read_len(&scan, &last_scope)) return -1;
             n_scope++;
             total += (size_t)(last_scope.end - last_scope.p);
-        } else if (f == 2 && wt == WT_LEN) {
-            Reader s;
-            if (read_len(&scan, &s)) return -1;
-            if (scan_span(s, cfg, out, fallback, resource_multiplier, depth + 1)) return -1;
-        } else if (f == 3 && wt == WT_LEN) {
-            Reader s;
-            if (read_len(&scan, &s) || check_utf8(&s)) return -1;
         } else if (skip_field(&scan, wt, f, depth)) return -1;
     }
     if (n_scope <= 1) {
@@ -801,7 +901,35 @@ static int scan_scope_spans(Reader r, const Config *cfg, Out *out, PyObject *fal
         scope = scan_scope((Reader){buf, buf + at}, depth + 1);
         PyMem_Free(buf);
     }
-    if (append_new(out->scopes, scope)) return -1;
+    if (scope == NULL) return -1;
+    PyObject *sid;
+    if (cfg->resolve != NULL && cfg->scope_id != NULL) {
+        sid = PyObject_CallObject(cfg->scope_id, scope);
+    } else {
+        sid = PyLong_FromLong(0);
+    }
+    if (sid == NULL || PyList_Append(out->scopes, scope)) {
+        Py_DECREF(scope);
+        Py_XDECREF(sid);
+        return -1;
+    }
+    Py_DECREF(scope);
+    int rc = 0;
+    scan = r;
+    while (!rc && scan.p < scan.end) {
+        uint32_t f;
+        int wt;
+        Reader s;
+        if (read_tag(&scan, &f, &wt)) rc = -1;
+        else if (f == 2 && wt == WT_LEN) {
+            rc = read_len(&scan, &s) ||
+                 scan_span(s, cfg, out, fallback, resource_multiplier, rid, sid, depth + 1);
+        } else if (f == 3 && wt == WT_LEN) {
+            rc = read_len(&scan, &s) || check_utf8(&s);
+        } else rc = skip_field(&scan, wt, f, depth);
+    }
+    Py_DECREF(sid);
+    if (rc) return -1;
     return append_new(out->scope_end, PyLong_FromSsize_t(PyList_GET_SIZE(out->names)));
 }
 
@@ -847,6 +975,20 @@ static int scan_resource_spans(Reader r, const Config *cfg, Out *out, int depth)
     }
     PyObject *multiplier = fd.multiplier_raw != NULL ? fd.multiplier_raw : Py_None;
     Py_INCREF(multiplier);
+    PyObject *rid = NULL;
+    if (cfg->resolve != NULL) {
+        rid = PyObject_CallOneArg(cfg->resolve, raw);
+        if (rid == NULL || PyList_Append(out->resource_ids, rid)) {
+            Py_XDECREF(rid);
+            Py_DECREF(multiplier);
+            Py_XDECREF(fallback);
+            found_clear(&fd, n);
+            goto error;
+        }
+    } else {
+        rid = Py_None;
+        Py_INCREF(rid);
+    }
     PyObject *pairs = fd.pairs != NULL ? PyList_AsTuple(fd.pairs) : (Py_INCREF(Py_None), Py_None);
     out->n_raw += fd.raw;
     found_clear(&fd, n);
@@ -854,6 +996,7 @@ static int scan_resource_spans(Reader r, const Config *cfg, Out *out, int depth)
         Py_XDECREF(fallback);
         Py_DECREF(multiplier);
         Py_XDECREF(pairs);
+        Py_DECREF(rid);
         goto error;
     }
     int rc = PyList_Append(out->resources, raw) || PyList_Append(out->resource_values, fallback) ||
@@ -865,6 +1008,7 @@ static int scan_resource_spans(Reader r, const Config *cfg, Out *out, int depth)
         Py_DECREF(fallback);
         Py_DECREF(multiplier);
         Py_DECREF(pairs);
+        Py_DECREF(rid);
         return -1;
     }
     scan = r;
@@ -875,7 +1019,7 @@ static int scan_resource_spans(Reader r, const Config *cfg, Out *out, int depth)
         if (f == 2 && wt == WT_LEN) {
             Reader s;
             if (read_len(&scan, &s)) break;
-            if (scan_scope_spans(s, cfg, out, n ? fallback : NULL, multiplier, depth + 1)) break;
+            if (scan_scope_spans(s, cfg, out, n ? fallback : NULL, multiplier, rid, depth + 1)) break;
         } else if (f == 3 && wt == WT_LEN) {
             Reader s;
             if (read_len(&scan, &s) || check_utf8(&s)) break;
@@ -884,6 +1028,7 @@ static int scan_resource_spans(Reader r, const Config *cfg, Out *out, int depth)
     Py_DECREF(fallback);
     Py_DECREF(multiplier);
     Py_DECREF(pairs);
+    Py_DECREF(rid);
     if (PyErr_Occurred()) return -1;
     return append_new(out->resource_end, PyLong_FromSsize_t(PyList_GET_SIZE(out->scopes)));
 error:
@@ -896,7 +1041,7 @@ static void out_clear(Out *o) {
                         &o->resource_pairs, &o->resource_end, &o->scopes, &o->scope_end,
                         &o->names, &o->kinds, &o->codes, &o->durations, &o->states,
                         &o->values, &o->multipliers, &o->trace_ids, &o->span_ids,
-                        &o->end_times, &o->events, &o->pairs};
+                        &o->end_times, &o->events, &o->pairs, &o->keys, &o->resource_ids};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) Py_CLEAR(*all[i]);
 }
 
@@ -953,9 +1098,11 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer buf;
     PyObject *wanted, *defaults, *multiplier_key, *event_wanted, *event_defaults;
-    int want_ids, want_events, all_pairs;
-    if (!PyArg_ParseTuple(args, "y*OOOppOOp", &buf, &wanted, &defaults, &multiplier_key,
-                          &want_ids, &want_events, &event_wanted, &event_defaults, &all_pairs))
+    PyObject *resolve = Py_None, *scope_id = Py_None;
+    int want_ids, want_events, all_pairs, keep = 7;
+    if (!PyArg_ParseTuple(args, "y*OOOppOOp|OOi", &buf, &wanted, &defaults, &multiplier_key,
+                          &want_ids, &want_events, &event_wanted, &event_defaults, &all_pairs,
+                          &resolve, &scope_id, &keep))
         return NULL;
     Config cfg;
     Out out;
@@ -973,6 +1120,9 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     cfg.event_defaults = event_defaults;
     cfg.want_ids = want_ids;
     cfg.want_events = want_events;
+    cfg.resolve = resolve == Py_None ? NULL : resolve;
+    cfg.scope_id = scope_id == Py_None ? NULL : scope_id;
+    cfg.keep = keep;
     int n_dims = cfg.span.n_wanted > 0;
     if (!(out.resources = PyList_New(0)) || !(out.resource_values = PyList_New(0)) ||
         !(out.resource_multipliers = PyList_New(0)) || !(out.resource_pairs = PyList_New(0)) ||
@@ -982,11 +1132,14 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         !(out.durations = PyByteArray_FromStringAndSize(NULL, 0)) ||
         !(out.states = PyList_New(0)) || !(out.span_ids = PyList_New(0)))
         goto done;
-    if (n_dims && !(out.values = PyList_New(0))) goto done;
+    /* With a key layout the values are inside the keys. */
+    if (n_dims && cfg.resolve == NULL && !(out.values = PyList_New(0))) goto done;
     if (cfg.span.multiplier && !(out.multipliers = PyList_New(0))) goto done;
     if (want_ids && (!(out.trace_ids = PyList_New(0)) || !(out.end_times = PyList_New(0)))) goto done;
     if (want_events && !(out.events = PyList_New(0))) goto done;
     if (all_pairs && !(out.pairs = PyList_New(0))) goto done;
+    if (cfg.resolve != NULL && (!(out.keys = PyList_New(0)) || !(out.resource_ids = PyList_New(0))))
+        goto done;
 
     Reader r = {(const uint8_t *)buf.buf, (const uint8_t *)buf.buf + buf.len};
     while (r.p < r.end) {
@@ -1000,11 +1153,11 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     }
 #define OR_NONE(x) ((x) != NULL ? (x) : Py_None)
     result = Py_BuildValue(
-        "(OOOOOOOOOOOOOOOOOOOn)", out.resources, out.resource_values, out.resource_multipliers,
+        "(OOOOOOOOOOOOOOOOOOOnOO)", out.resources, out.resource_values, out.resource_multipliers,
         out.resource_pairs, out.resource_end, out.scopes, out.scope_end, out.names, out.kinds,
         out.codes, out.durations, out.states, OR_NONE(out.values), OR_NONE(out.multipliers),
         OR_NONE(out.trace_ids), out.span_ids, OR_NONE(out.end_times), OR_NONE(out.events),
-        OR_NONE(out.pairs), out.n_raw);
+        OR_NONE(out.pairs), out.n_raw, OR_NONE(out.keys), OR_NONE(out.resource_ids));
 #undef OR_NONE
 done:
     out_clear(&out);

@@ -21,7 +21,7 @@ occurrence wins on both paths.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from types import ModuleType
@@ -66,6 +66,26 @@ class BatchSpec:
     """Every attribute of every span and resource (glob dimensions)."""
 
 
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    """How the compiled scanner builds series keys itself, saving a Python pass over the
+    spans: ``(resource id, scope id, name, kind, code, *values)``, an excluded intrinsic as
+    None (the layout of ``DimensionPlan.keys``)."""
+
+    resolve: Callable[[bytes], int]
+    """The resource id of a serialized resource (-1: its spans are dropped)."""
+    scope_id: Callable[[str, str], int] | None = None
+    """The scope id of a scope's name and version; None: every scope is 0."""
+    keep_name: bool = True
+    keep_kind: bool = True
+    keep_status: bool = True
+
+    @property
+    def keep(self) -> int:
+        """The intrinsics kept, as the scanner takes them (1 name, 2 kind, 4 status)."""
+        return self.keep_name | self.keep_kind << 1 | self.keep_status << 2
+
+
 @dataclass(slots=True)
 class SpanBatch:
     """The spans of one record, column by column (see the module docstring).
@@ -105,6 +125,11 @@ class SpanBatch:
     pairs: list[Pairs] | None = None
     """Per span: all its attributes (``all_attributes``)."""
     resource_pairs: list[Pairs] | None = None
+    keys: list[tuple[object, ...]] | None = None
+    """Per span: its series key, when read with a :class:`KeyLayout` (then ``values`` is
+    None)."""
+    resource_ids: list[int] | None = None
+    """Per resource: its id from :attr:`KeyLayout.resolve`, with ``keys``."""
 
     def __len__(self) -> int:
         return len(self.names)
@@ -288,6 +313,8 @@ def select(batch: SpanBatch, spans: list[int]) -> SpanBatch:
         events=pick(batch.events),
         pairs=pick(batch.pairs),
         resource_pairs=batch.resource_pairs,
+        keys=pick(batch.keys),
+        resource_ids=batch.resource_ids,
     )
 
 
@@ -329,8 +356,9 @@ def _render_pairs(pairs: Pairs) -> Pairs:
     return pairs
 
 
-def scan_record(value: bytes, spec: BatchSpec) -> SpanBatch:
-    """The batch of one ``otlp_proto`` record value, read by the compiled scanner.
+def scan_record(value: bytes, spec: BatchSpec, layout: KeyLayout | None = None) -> SpanBatch:
+    """The batch of one ``otlp_proto`` record value, read by the compiled scanner; with a
+    ``layout`` (and no ``all_attributes``), its series keys too.
 
     Raises:
         DecodeError: truncated or corrupt input, or strings that are not UTF-8.
@@ -338,10 +366,15 @@ def scan_record(value: bytes, spec: BatchSpec) -> SpanBatch:
     """
     if _native is None:
         raise RuntimeError("the compiled scanner is not available")
+    if layout is not None and spec.all_attributes:
+        layout = None  # glob dimensions: keys are built in Python
+    extra: tuple[object, ...] = (
+        () if layout is None else (layout.resolve, layout.scope_id, layout.keep)
+    )
     try:
         out = _native.scan(
             value, spec.keys, spec.defaults, spec.multiplier_key, spec.ids, spec.events,
-            spec.event_keys, spec.event_defaults, spec.all_attributes,
+            spec.event_keys, spec.event_defaults, spec.all_attributes, *extra,
         )  # fmt: skip
     except ValueError as err:
         reason, _, detail = str(err).partition(": ")
@@ -352,12 +385,14 @@ def scan_record(value: bytes, spec: BatchSpec) -> SpanBatch:
         raise
     (resources, resource_values, resource_multipliers, resource_pairs, resource_scope_end,
      scopes, scope_span_end, names, kinds, codes, durations, states, values, multipliers,
-     trace_ids, span_ids, end_times, events, pairs, n_raw) = out  # fmt: skip
+     trace_ids, span_ids, end_times, events, pairs, n_raw, keys, resource_ids) = out  # fmt: skip
     if n_raw:
         # Doubles, bytes, arrays and maps as dimension values: rare, rendered here.
         resource_values = [_render_tuple(v) for v in resource_values]
         if values is not None:
             values = [_render_tuple(v) for v in values]
+        if keys is not None:
+            keys = [_render_tuple(k) for k in keys]
         if events is not None:
             events = [[_render_tuple(v) for v in span_events] for span_events in events]
         if pairs is not None:
@@ -383,10 +418,14 @@ def scan_record(value: bytes, spec: BatchSpec) -> SpanBatch:
         events=events,
         pairs=pairs,
         resource_pairs=resource_pairs if spec.all_attributes else None,
+        keys=keys,
+        resource_ids=resource_ids,
     )
 
 
-def read_batch(value: bytes, encoding: Encoding, spec: BatchSpec) -> SpanBatch:
+def read_batch(
+    value: bytes, encoding: Encoding, spec: BatchSpec, layout: KeyLayout | None = None
+) -> SpanBatch:
     """The batch of one record value: the compiled scanner for ``otlp_proto`` when it is
     available, else upb (or OTLP/JSON) and the pure-Python reader.
 
@@ -394,13 +433,14 @@ def read_batch(value: bytes, encoding: Encoding, spec: BatchSpec) -> SpanBatch:
         DecodeError: the value is not valid in ``encoding``; nothing was read.
     """
     if encoding == "otlp_proto" and _native is not None:
-        return scan_record(value, spec)
+        return scan_record(value, spec, layout)
     return batch_from_request(decode_traces(value, encoding), spec)
 
 
 __all__ = [
     "PATH",
     "BatchSpec",
+    "KeyLayout",
     "Pairs",
     "SpanBatch",
     "Values",
