@@ -195,6 +195,8 @@ class SpanMetricsEngine:
         self._limit = config.aggregation_cardinality_limit
         self._exemplar_max = config.exemplars.max_per_data_point if config.exemplars.enabled else 0
         self._exemplars: dict[int, list[Exemplar]] = {}
+        #: Rows whose exemplars for this interval are complete: their spans are skipped.
+        self._full_exemplar_rows: set[int] = set()
         self._adjusted_cache: dict[str, float] = {"": 1.0}
         self._pending = _PendingBatch()
         #: What the batches must hold for this configuration.
@@ -280,6 +282,7 @@ class SpanMetricsEngine:
             keys = batch.keys  # built by the scanner, in the plan's layout
         else:
             assert span_rids is not None
+            assert batch.names is not None and batch.kinds is not None and batch.codes is not None
             keys = plan.keys(
                 span_rids,
                 span_sids if span_sids is not None else repeat(0),
@@ -516,13 +519,17 @@ class SpanMetricsEngine:
     def _collect_exemplars(self, batch: SpanBatch, rows: list[int]) -> None:
         limit = self._exemplar_max
         store = self._exemplars
+        full = self._full_exemplar_rows
         assert batch.trace_ids is not None and batch.end_times is not None
         durations = batch.durations
         for i, row in enumerate(rows):
+            if row in full:
+                continue
             kept = store.get(row)
             if kept is None:
                 kept = store[row] = []
             elif len(kept) >= limit:
+                full.add(row)
                 continue
             trace_id = batch.trace_ids[i]
             if not trace_id:
@@ -532,7 +539,7 @@ class SpanMetricsEngine:
 
     def _count_events(
         self,
-        events: list[list[Values]],
+        events: list[list[Values] | None],
         keys: list[SpanKey],
         weights: list[int] | None,
         now: int,
@@ -583,6 +590,7 @@ class SpanMetricsEngine:
         if delta:
             table.reset(emit, now)
         self._exemplars.clear()
+        self._full_exemplar_rows.clear()
         return MetricsSnapshot(self.names, self.temporality, now, list(by_resource.values()))
 
     def _scope_of(self, key: SpanKey) -> ScopeDimensions:

@@ -706,10 +706,6 @@ static int scan_span(Reader r, const Config *cfg, Out *out, PyObject *fallback,
     PyObject *events = NULL;
     Py_ssize_t n = cfg->span.n_wanted;
     if (found_init(&fd, &cfg->span, slots)) return -1;
-    if (cfg->want_events) {
-        events = PyList_New(0);
-        if (events == NULL) goto error;
-    }
     while (r.p < r.end) {
         uint32_t f;
         int wt;
@@ -739,6 +735,11 @@ static int scan_span(Reader r, const Config *cfg, Out *out, PyObject *fallback,
             if (read_len(&r, &ev)) goto error;
             PyObject *e = scan_event(ev, cfg, out, depth + 1);
             if (e == NULL) goto error;
+            /* The list only for a span that has events (most have none). */
+            if (cfg->want_events && events == NULL && (events = PyList_New(0)) == NULL) {
+                Py_DECREF(e);
+                goto error;
+            }
             if (events != NULL && PyList_Append(events, e)) {
                 Py_DECREF(e);
                 goto error;
@@ -773,8 +774,11 @@ static int scan_span(Reader r, const Config *cfg, Out *out, PyObject *fallback,
             rc = append_new(out->keys, make_key(cfg, rid, sid, name_obj, kind_obj, code_obj, &fd,
                                                 n, fallback));
         }
-        rc = rc || PyList_Append(out->names, name_obj) || PyList_Append(out->kinds, kind_obj) ||
-             PyList_Append(out->codes, code_obj);
+        /* With keys, the columns are inside them. */
+        if (out->keys == NULL) {
+            rc = rc || PyList_Append(out->names, name_obj) || PyList_Append(out->kinds, kind_obj) ||
+                 PyList_Append(out->codes, code_obj);
+        }
         Py_XDECREF(name_obj);
         Py_XDECREF(kind_obj);
         Py_XDECREF(code_obj);
@@ -808,7 +812,7 @@ static int scan_span(Reader r, const Config *cfg, Out *out, PyObject *fallback,
         if (append_new(out->end_times, PyLong_FromUnsignedLongLong(end))) goto error;
     }
     if (out->events != NULL) {
-        PyObject *e = events;
+        PyObject *e = events != NULL ? events : (Py_INCREF(Py_None), Py_None);
         events = NULL;
         if (append_new(out->events, e)) goto error;
     }
@@ -930,7 +934,7 @@ static int scan_scope_spans(Reader r, const Config *cfg, Out *out, PyObject *fal
     }
     Py_DECREF(sid);
     if (rc) return -1;
-    return append_new(out->scope_end, PyLong_FromSsize_t(PyList_GET_SIZE(out->names)));
+    return append_new(out->scope_end, PyLong_FromSsize_t(PyList_GET_SIZE(out->states)));
 }
 
 /* ResourceSpans { resource 1; scope_spans 2; schema_url 3 } */
@@ -1154,8 +1158,9 @@ static PyObject *scan(PyObject *self, PyObject *args) {
 #define OR_NONE(x) ((x) != NULL ? (x) : Py_None)
     result = Py_BuildValue(
         "(OOOOOOOOOOOOOOOOOOOnOO)", out.resources, out.resource_values, out.resource_multipliers,
-        out.resource_pairs, out.resource_end, out.scopes, out.scope_end, out.names, out.kinds,
-        out.codes, out.durations, out.states, OR_NONE(out.values), OR_NONE(out.multipliers),
+        out.resource_pairs, out.resource_end, out.scopes, out.scope_end,
+        out.keys != NULL ? Py_None : out.names, out.keys != NULL ? Py_None : out.kinds,
+        out.keys != NULL ? Py_None : out.codes, out.durations, out.states, OR_NONE(out.values), OR_NONE(out.multipliers),
         OR_NONE(out.trace_ids), out.span_ids, OR_NONE(out.end_times), OR_NONE(out.events),
         OR_NONE(out.pairs), out.n_raw, OR_NONE(out.keys), OR_NONE(out.resource_ids));
 #undef OR_NONE

@@ -105,9 +105,10 @@ class SpanBatch:
     scopes: list[tuple[str, str]]
     """Name and version of each scope."""
     scope_span_end: list[int]
-    names: list[str]
-    kinds: list[int]
-    codes: list[int]
+    names: list[str] | None
+    """Per span (None when ``keys`` hold them)."""
+    kinds: list[int] | None
+    codes: list[int] | None
     durations: NDArray[np.float64]
     """``end - start`` in ns (negative when a span ends before it starts)."""
     trace_states: list[str]
@@ -120,8 +121,8 @@ class SpanBatch:
     trace state or a multiplier); else None."""
     trace_ids: list[bytes] | None = None
     end_times: list[int] | None = None
-    events: list[list[Values]] | None = None
-    """Per span: the ``event_keys`` values of each of its events."""
+    events: list[list[Values] | None] | None = None
+    """Per span: the ``event_keys`` values of each of its events (None: it has none)."""
     pairs: list[Pairs] | None = None
     """Per span: all its attributes (``all_attributes``)."""
     resource_pairs: list[Pairs] | None = None
@@ -132,7 +133,7 @@ class SpanBatch:
     """Per resource: its id from :attr:`KeyLayout.resolve`, with ``keys``."""
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.durations)
 
 
 # ---------------------------------------------------------------- pure Python
@@ -196,7 +197,7 @@ def batch_from_request(request: ExportTraceServiceRequest, spec: BatchSpec) -> S
     span_ids: list[bytes | None] = []
     trace_ids: list[bytes] | None = [] if spec.ids else None
     end_times: list[int] | None = [] if spec.ids else None
-    events: list[list[Values]] | None = [] if spec.events else None
+    events: list[list[Values] | None] | None = [] if spec.events else None
     pairs: list[Pairs] | None = [] if spec.all_attributes else None
     for rs in request.resource_spans:
         resource = rs.resource
@@ -256,6 +257,8 @@ def batch_from_request(request: ExportTraceServiceRequest, spec: BatchSpec) -> S
                         or spec.event_defaults
                         for e in s.events
                     ]
+                    if s.events
+                    else None
                     for s in spans
                 ]
             if pairs is not None:
@@ -300,9 +303,9 @@ def select(batch: SpanBatch, spans: list[int]) -> SpanBatch:
         resource_scope_end=batch.resource_scope_end,
         scopes=batch.scopes,
         scope_span_end=batch.scope_span_end,
-        names=[batch.names[i] for i in spans],
-        kinds=[batch.kinds[i] for i in spans],
-        codes=[batch.codes[i] for i in spans],
+        names=pick(batch.names),
+        kinds=pick(batch.kinds),
+        codes=pick(batch.codes),
         durations=batch.durations[spans],
         trace_states=[batch.trace_states[i] for i in spans],
         values=pick(batch.values),
@@ -394,7 +397,10 @@ def scan_record(value: bytes, spec: BatchSpec, layout: KeyLayout | None = None) 
         if keys is not None:
             keys = [_render_tuple(k) for k in keys]
         if events is not None:
-            events = [[_render_tuple(v) for v in span_events] for span_events in events]
+            events = [
+                None if span_events is None else [_render_tuple(v) for v in span_events]
+                for span_events in events
+            ]
         if pairs is not None:
             pairs = [_render_pairs(p) for p in pairs]
             resource_pairs = [_render_pairs(p) for p in resource_pairs]
