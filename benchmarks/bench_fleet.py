@@ -275,7 +275,8 @@ async def main_async(args: argparse.Namespace) -> None:
             print(
                 f"{workers} worker(s): wall {r['wall']:>10,.0f} spans/s ({r['seconds']:.1f}s), "
                 f"steady {r['steady']:>10,.0f} spans/s = {per:,.0f}/worker "
-                f"= {per / engine_rate:.2f}x the engine alone "
+                f"= {per / engine_rate:.2f}x the engine alone, "
+                f"{per / (total / drain_s):.2f}x the bare consumer (issue 10's target 0.70) "
                 f"(target {TARGET_PER_WORKER:,}: {verdict}), peak RSS {r['rss_max']:.0f} MiB, "
                 f"checkpoint {r['written_per_flush'] / 1024:,.1f} KiB/flush/worker, "
                 f"{r['series']:,.0f} series"
