@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import repeat
 from types import ModuleType
 from typing import TypeVar
@@ -296,13 +296,8 @@ def select(batch: SpanBatch, spans: list[int]) -> SpanBatch:
     def pick(column: list[_T] | None) -> list[_T] | None:
         return None if column is None else [column[i] for i in spans]
 
-    return SpanBatch(
-        resources=batch.resources,
-        resource_values=batch.resource_values,
-        resource_multipliers=batch.resource_multipliers,
-        resource_scope_end=batch.resource_scope_end,
-        scopes=batch.scopes,
-        scope_span_end=batch.scope_span_end,
+    return replace(
+        batch,
         names=pick(batch.names),
         kinds=pick(batch.kinds),
         codes=pick(batch.codes),
@@ -315,9 +310,7 @@ def select(batch: SpanBatch, spans: list[int]) -> SpanBatch:
         end_times=pick(batch.end_times),
         events=pick(batch.events),
         pairs=pick(batch.pairs),
-        resource_pairs=batch.resource_pairs,
         keys=pick(batch.keys),
-        resource_ids=batch.resource_ids,
     )
 
 
