@@ -237,21 +237,20 @@ class SpanMetricsEngine:
         Raises:
             DecodeError: the record is not valid in ``encoding``; nothing was aggregated.
         """
-        self._now = self.clock.now_ns()
-        self.consume_batch(read_batch(value, encoding, self.spec, self._layout))
+        now = self._now = self.clock.now_ns()  # also the creation time of new resources
+        self._consume_batch(read_batch(value, encoding, self.spec, self._layout), now)
 
     def consume(self, request: ExportTraceServiceRequest) -> None:
         """Aggregate every span of one decoded request (read by the pure-Python reader)."""
-        self._now = self.clock.now_ns()
-        self.consume_batch(batch_from_request(request, self.spec))
+        now = self._now = self.clock.now_ns()
+        self._consume_batch(batch_from_request(request, self.spec), now)
 
-    def consume_batch(self, batch: SpanBatch) -> None:
-        """Aggregate the spans of one batch.
+    def _consume_batch(self, batch: SpanBatch, now: int) -> None:
+        """Aggregate the spans of one batch, received at ``now``.
 
         Series are created at once; counts and histograms may be buffered until enough
         spans are pending or until the next :meth:`flush`.
         """
-        now = self._now
         plan = self.plan
         if batch.resource_ids is not None:
             rids = self._seen(batch.resource_ids, now)  # resolved while scanning
