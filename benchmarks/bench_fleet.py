@@ -151,7 +151,13 @@ class Published:
 
 
 async def run_fleet(
-    bootstrap: str, url: str, topic: str, workers: int, total: int, workdir: Path
+    bootstrap: str,
+    url: str,
+    topic: str,
+    workers: int,
+    total: int,
+    workdir: Path,
+    profile: Path | None = None,
 ) -> dict[str, float]:
     suffix = uuid.uuid4().hex[:8]
     metrics_topic, group = f"metrics-{suffix}", f"bench-{suffix}"
@@ -176,10 +182,13 @@ async def run_fleet(
     )
     await consumer.start()
     started = time.monotonic()
+    # With a profile, the first worker runs under cProfile (written when it exits).
+    profiled = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
     procs = [
         subprocess.Popen(
             [
                 sys.executable,
+                *(profiled if i == 0 else []),
                 "-m",
                 "spanmetrics",
                 "worker",
@@ -249,6 +258,18 @@ async def state_size(
     return result
 
 
+async def profile_worker(
+    broker: EmbeddedBroker, topic: str, total: int, workdir: Path, out: Path
+) -> None:
+    """One worker under cProfile through the whole topic: where its time goes."""
+    import pstats
+
+    r = await run_fleet(broker.bootstrap, broker.url, topic, 1, total, workdir, profile=out)
+    print(f"1 worker under cProfile: steady {r['steady']:,.0f} spans/s; profile in {out}")
+    stats = pstats.Stats(str(out))
+    stats.sort_stats("tottime").print_stats(25)
+
+
 async def main_async(args: argparse.Namespace) -> None:
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         topic = f"bench-spans-{uuid.uuid4().hex[:8]}"
@@ -261,6 +282,9 @@ async def main_async(args: argparse.Namespace) -> None:
             f"filled {topic}: {total:,} spans in {args.records:,} records, "
             f"{args.partitions} partitions ({time.monotonic() - t:.1f}s)"
         )
+        if args.profile_worker:
+            await profile_worker(broker, topic, total, Path(tmp), args.profile_worker)
+            return
         drain_s = await drain(broker.bootstrap, topic, args.partitions, args.records)
         engine_s = engine_alone(pool, args.records)
         engine_rate = total / engine_s
@@ -312,6 +336,13 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=3000)
     parser.add_argument("--spans-per-record", type=int, default=1000)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--profile-worker",
+        type=Path,
+        metavar="FILE",
+        help="run one worker under cProfile instead of the figures, write its profile to "
+        "FILE and print where its time goes",
+    )
     parser.add_argument(
         "--state-records", type=int, default=200, help="records of the state-size workload"
     )
