@@ -151,6 +151,16 @@ _NO_SERVICE = -1
 _RESOURCE_CACHE_LIMIT = 10_000
 
 
+def _per_span(batch: SpanBatch, scope_ids: list[int]) -> list[int]:
+    """A per-scope id repeated for each span of the scope."""
+    out: list[int] = []
+    start = 0
+    for scope_id, end in zip(scope_ids, batch.scope_span_end, strict=True):
+        out += [scope_id] * (end - start)
+        start = end
+    return out
+
+
 def _first(keys: list[SpanKey]) -> list[int]:
     """The resource id of each key."""
     return cast(list[int], [k[0] for k in keys])
@@ -252,19 +262,26 @@ class SpanMetricsEngine:
         spans are pending or until the next :meth:`flush`.
         """
         plan = self.plan
-        if batch.resource_ids is not None:
-            rids = self._seen(batch.resource_ids, now)  # resolved while scanning
-        else:
-            rids = self._resource_ids(batch.resources, now)
+        # Resolved while scanning, or here: the same lookup by the resource's bytes.
+        rids = self._seen(
+            batch.resource_ids
+            if batch.resource_ids is not None
+            else [self._resolve(raw) for raw in batch.resources],
+            now,
+        )
         n = len(batch)
         self.counters[SPANS_RECEIVED] += n
         # Without keys from the scanner, each span's resource and scope ids, by position.
-        span_rids = None if batch.keys is not None else self._per_span(batch, rids, by_scope=False)
-        span_sids = (
-            self._per_span(batch, self._scope_ids(batch), by_scope=True)
-            if batch.keys is None and plan.scopes
-            else None
-        )
+        span_rids = span_sids = None
+        if batch.keys is None:
+            scope_rids = [
+                rids[i]
+                for i, end in enumerate(batch.resource_scope_end)
+                for _ in range(batch.resource_scope_end[i - 1] if i else 0, end)
+            ]
+            span_rids = _per_span(batch, scope_rids)
+            if plan.scopes:
+                span_sids = _per_span(batch, [self._scope_id_of(*s) for s in batch.scopes])
         if _NO_SERVICE in rids:
             first = _first(batch.keys) if batch.keys is not None else span_rids
             assert first is not None
@@ -306,38 +323,14 @@ class SpanMetricsEngine:
         if len(pending.rows) >= APPLY_BATCH_SPANS:
             self._apply_pending()
 
-    @staticmethod
-    def _per_span(batch: SpanBatch, ids: list[int], by_scope: bool) -> list[int]:
-        """A per-resource (or per-scope) id repeated for each of its spans."""
-        out: list[int] = []
-        span_start = scope_start = 0
-        if by_scope:
-            for j, span_end in enumerate(batch.scope_span_end):
-                out += [ids[j]] * (span_end - span_start)
-                span_start = span_end
-            return out
-        for i, scope_end in enumerate(batch.resource_scope_end):
-            span_end = (
-                batch.scope_span_end[scope_end - 1] if scope_end > scope_start else span_start
-            )
-            out += [ids[i]] * (span_end - span_start)
-            span_start, scope_start = span_end, scope_end
-        return out
-
-    def _scope_ids(self, batch: SpanBatch) -> list[int]:
-        """The scope id of each scope of the batch (its ``include_instrumentation_scope``
-        labels)."""
-        plan = self.plan
-        return [
-            self._scope_id(plan.scope_dimensions(name, version)) for name, version in batch.scopes
-        ]
-
     def _scope_id_of(self, name: str, version: str) -> int:
-        """The scanner's :attr:`KeyLayout.scope_id`."""
+        """A scope's id (its ``include_instrumentation_scope`` labels); also the scanner's
+        :attr:`KeyLayout.scope_id`."""
         return self._scope_id(self.plan.scope_dimensions(name, version))
 
     def _resolve(self, raw: bytes) -> int:
-        """The scanner's :attr:`KeyLayout.resolve`: a resource's id, from its bytes."""
+        """A resource's id, remembered by its bytes (also the scanner's
+        :attr:`KeyLayout.resolve`)."""
         rid = self._resource_cache.get(raw)
         return self._cache_resource(raw, self._now) if rid is None else rid
 
@@ -400,17 +393,6 @@ class SpanMetricsEngine:
             sid = self._scopes[scope] = len(self._scope_list)
             self._scope_list.append(scope)
         return sid
-
-    def _resource_ids(self, resources: list[bytes], now: int) -> list[int]:
-        """Per ResourceSpans: the id of its resource's state (-1 when it has no
-        ``service.name``), remembered by the resource's bytes."""
-        cache = self._resource_cache
-        ids = list(map(cache.get, resources))
-        if None in ids:
-            for i, rid in enumerate(ids):
-                if rid is None:
-                    ids[i] = self._cache_resource(resources[i], now)
-        return self._seen(cast(list[int], ids), now)
 
     def _cache_resource(self, raw: bytes, now: int) -> int:
         rid = self._resolve_resource(Resource.FromString(raw), now)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 
 def format_double(value: float) -> str:
@@ -59,13 +58,3 @@ def any_value_to_number(value: AnyValue) -> float | int | str | None:
         result: float | int | str = getattr(value, kind)
         return result
     return None
-
-
-def find_attributes(attributes: Iterable[KeyValue], wanted: frozenset[str]) -> dict[str, AnyValue]:
-    """The values of the ``wanted`` keys present in ``attributes`` (first occurrence wins)."""
-    found: dict[str, AnyValue] = {}
-    for kv in attributes:
-        key = kv.key
-        if key in wanted and key not in found:
-            found[key] = kv.value
-    return found

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 
-from spanmetrics.model.attributes import any_value_to_str, find_attributes
+from spanmetrics.model.attributes import any_value_to_str
 
 
 @pytest.mark.parametrize(
@@ -41,11 +41,23 @@ def test_any_value_to_str(value: AnyValue, text: str) -> None:
     assert any_value_to_str(value) == text
 
 
-def test_find_attributes_first_occurrence_wins() -> None:
+def test_a_repeated_key_reads_as_its_first_occurrence() -> None:
+    """On the span and on its resource, with the key's default when it is absent."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from spanmetrics.decode.batch import BatchSpec, batch_from_request
+
     kvs = [
         KeyValue(key="a", value=AnyValue(string_value="1")),
         KeyValue(key="b", value=AnyValue(string_value="2")),
         KeyValue(key="a", value=AnyValue(string_value="3")),
     ]
-    found = find_attributes(kvs, frozenset({"a", "c"}))
-    assert {k: v.string_value for k, v in found.items()} == {"a": "1"}
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.extend(kvs)
+    rs.scope_spans.add().spans.add(name="s").attributes.extend(kvs)
+    batch = batch_from_request(request, BatchSpec(keys=("a", "c"), defaults=(None, "d")))
+    assert batch.resource_values == [("1", "d")]
+    assert batch.values == [("1", "d")]
