@@ -170,6 +170,40 @@ static int check_part(Reader r, int depth) {
     return 0;
 }
 
+/* Every occurrence of the length-delimited ``field`` of the message ``r``, each checked
+ * whole (check_part), back to back in a new bytes object: what their merge parses as. */
+static PyObject *merged_field(Reader r, uint32_t field, int depth) {
+    Py_ssize_t total = 0;
+    Reader scan = r;
+    while (scan.p < scan.end) {
+        uint32_t f;
+        int wt;
+        Reader s = {NULL, NULL};
+        if (read_tag(&scan, &f, &wt)) return NULL;
+        if (f == field && wt == WT_LEN) {
+            if (read_len(&scan, &s) || check_part(s, depth + 1)) return NULL;
+            total += s.end - s.p;
+        } else if (skip_field(&scan, wt, f, depth)) return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) return NULL;
+    char *at = PyBytes_AS_STRING(out);
+    while (r.p < r.end) {
+        uint32_t f;
+        int wt;
+        Reader s = {NULL, NULL};
+        (void)read_tag(&r, &f, &wt); /* read without error above */
+        if (f == field && wt == WT_LEN) {
+            (void)read_len(&r, &s);
+            memcpy(at, s.p, (size_t)(s.end - s.p));
+            at += s.end - s.p;
+        } else {
+            (void)skip_field(&r, wt, f, depth);
+        }
+    }
+    return out;
+}
+
 /* Strict UTF-8 (no overlongs, no surrogates, at most U+10FFFF), as upb checks it. */
 static int valid_utf8(const uint8_t *s, Py_ssize_t n) {
     Py_ssize_t i = 0;
@@ -418,7 +452,6 @@ static int match_keyvalue(Reader key, Reader value, int has_value, const Lookup 
 static int scan_keyvalue(Reader r, const Lookup *lk, Found *fd, int depth) {
     Reader key = {0, 0}, value = {0, 0};
     int n_values = 0;
-    size_t total = 0;
     Reader all = r;
     while (r.p < r.end) {
         uint32_t f;
@@ -429,34 +462,15 @@ static int scan_keyvalue(Reader r, const Lookup *lk, Found *fd, int depth) {
         } else if (f == 2 && wt == WT_LEN) {
             if (read_len(&r, &value)) return -1;
             n_values++;
-            total += (size_t)(value.end - value.p);
         } else if (skip_field(&r, wt, f, depth)) return -1;
     }
     if (n_values <= 1) return match_keyvalue(key, value, n_values, lk, fd, depth);
-    /* A value given twice merges, as protobuf merges messages: their bytes back to back. */
-    uint8_t *buf = PyMem_Malloc(total ? total : 1);
-    if (buf == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    size_t at = 0;
-    while (all.p < all.end) {
-        uint32_t f;
-        int wt;
-        Reader v;
-        if (read_tag(&all, &f, &wt)) break;
-        if (f == 2 && wt == WT_LEN) {
-            if (read_len(&all, &v)) break;
-            if (check_part(v, depth + 1)) {
-                PyMem_Free(buf);
-                return -1;
-            }
-            memcpy(buf + at, v.p, (size_t)(v.end - v.p));
-            at += (size_t)(v.end - v.p);
-        } else if (skip_field(&all, wt, f, depth)) break;
-    }
-    int rc = match_keyvalue(key, (Reader){buf, buf + at}, 1, lk, fd, depth);
-    PyMem_Free(buf);
+    /* A value given twice merges, as protobuf merges messages. */
+    PyObject *merged = merged_field(all, 2, depth);
+    if (merged == NULL) return -1;
+    const uint8_t *m = (const uint8_t *)PyBytes_AS_STRING(merged);
+    int rc = match_keyvalue(key, (Reader){m, m + PyBytes_GET_SIZE(merged)}, 1, lk, fd, depth);
+    Py_DECREF(merged);
     return rc;
 }
 
@@ -861,10 +875,8 @@ static PyObject *scan_scope(Reader r, int depth) {
 static int scan_scope_spans(Reader r, const Config *cfg, Out *out, PyObject *fallback,
                             PyObject *resource_multiplier, PyObject *rid, int depth) {
     /* The scope first: it may come after the spans, and be given more than once (merged). */
-    PyObject *scope = NULL;
     Reader last_scope = {r.end, r.end};
     int n_scope = 0;
-    size_t total = 0;
     Reader scan = r;
     while (scan.p < scan.end) {
         uint32_t f;
@@ -873,37 +885,17 @@ static int scan_scope_spans(Reader r, const Config *cfg, Out *out, PyObject *fal
         if (f == 1 && wt == WT_LEN) {
             if (read_len(&scan, &last_scope)) return -1;
             n_scope++;
-            total += (size_t)(last_scope.end - last_scope.p);
         } else if (skip_field(&scan, wt, f, depth)) return -1;
     }
+    PyObject *scope;
     if (n_scope <= 1) {
-        scope = scan_scope(last_scope, depth + 1);
+        scope = scan_scope(last_scope, depth + 1); /* the common case: read in place */
     } else {
-        /* Merged: the concatenation parses as the merge (last name and version win). */
-        uint8_t *buf = PyMem_Malloc(total ? total : 1);
-        if (buf == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        size_t at = 0;
-        scan = r;
-        while (scan.p < scan.end) {
-            uint32_t f;
-            int wt;
-            Reader s;
-            if (read_tag(&scan, &f, &wt)) break;
-            if (f == 1 && wt == WT_LEN) {
-                if (read_len(&scan, &s)) break;
-                if (check_part(s, depth + 1)) {
-                    PyMem_Free(buf);
-                    return -1;
-                }
-                memcpy(buf + at, s.p, (size_t)(s.end - s.p));
-                at += (size_t)(s.end - s.p);
-            } else if (skip_field(&scan, wt, f, depth)) break;
-        }
-        scope = scan_scope((Reader){buf, buf + at}, depth + 1);
-        PyMem_Free(buf);
+        PyObject *raw_scope = merged_field(r, 1, depth);
+        if (raw_scope == NULL) return -1;
+        const uint8_t *sp = (const uint8_t *)PyBytes_AS_STRING(raw_scope);
+        scope = scan_scope((Reader){sp, sp + PyBytes_GET_SIZE(raw_scope)}, depth + 1);
+        Py_DECREF(raw_scope);
     }
     if (scope == NULL) return -1;
     PyObject *sid;
@@ -940,22 +932,9 @@ static int scan_scope_spans(Reader r, const Config *cfg, Out *out, PyObject *fal
 /* ResourceSpans { resource 1; scope_spans 2; schema_url 3 } */
 static int scan_resource_spans(Reader r, const Config *cfg, Out *out, int depth) {
     /* The resource first (it may come after its spans, or twice: merged). */
-    PyObject *raw = PyBytes_FromStringAndSize(NULL, 0);
+    PyObject *raw = merged_field(r, 1, depth);
     if (raw == NULL) return -1;
-    Reader scan = r;
-    while (scan.p < scan.end) {
-        uint32_t f;
-        int wt;
-        if (read_tag(&scan, &f, &wt)) goto error;
-        if (f == 1 && wt == WT_LEN) {
-            Reader s;
-            if (read_len(&scan, &s) || check_part(s, depth + 1)) goto error;
-            PyObject *part = PyBytes_FromStringAndSize((const char *)s.p, s.end - s.p);
-            if (part == NULL) goto error;
-            PyBytes_ConcatAndDel(&raw, part);
-            if (raw == NULL) return -1;
-        } else if (skip_field(&scan, wt, f, depth)) goto error;
-    }
+    Reader scan;
     PyObject *slots[64];
     Found fd;
     Py_ssize_t n = cfg->span.n_wanted;
