@@ -4,6 +4,7 @@ says 6%) on realistic latency spreads, as Jaeger's latency panel computes it fro
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -58,3 +59,13 @@ def test_classic_p95_is_within_6_percent_on_log_normal_latencies(unit: str) -> N
 def test_power_of_two_bounds_are_off_by_more_than_10_percent() -> None:
     """What the bounds replaced: a factor 2 apart, Jaeger's p95 is off by far more."""
     assert worst_error([2.0**k for k in range(-4, 21)]) > 0.15
+
+
+def test_the_classic_bounds_the_readme_describes() -> None:
+    """73 bounds four per doubling, 0.25 ms to 65.536 s (2^-12 s to 2^6 s): with +Inf,
+    _sum and _count, 76 series per classic histogram."""
+    for unit, low, high in (("ms", 0.25, 65536.0), ("s", 2.0**-12, 64.0)):
+        bounds = classic_bounds(unit)
+        assert len(bounds) + 3 == 76
+        assert (bounds[0], bounds[-1]) == (low, high)
+        assert all(b / a == pytest.approx(2**0.25) for a, b in itertools.pairwise(bounds))
