@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from spanmetrics import __version__
+from spanmetrics.aggregate.derived import DerivedMetricsEngine
 from spanmetrics.aggregate.engine import SpanMetricsEngine
 from spanmetrics.aggregate.summary import (
     service_table_header,
@@ -141,7 +142,14 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     input_encoding = args.input_encoding or topology.source.encoding
     output_encoding = args.output_encoding or _default_output_encoding(topology)
     files = _expand_inputs(args.inputs)
-    engine = SpanMetricsEngine(topology.spanmetrics, SystemClock())
+    engine: SpanMetricsEngine | DerivedMetricsEngine
+    if topology.derive is not None:
+        # Joins across files: the window runs on span end times, as the spans happened.
+        engine = DerivedMetricsEngine(
+            topology.derive, topology.spanmetrics, SystemClock(), event_time=True
+        )
+    else:
+        engine = SpanMetricsEngine(topology.spanmetrics, SystemClock())
     skipped: Counter[str] = Counter()
     progress = Progress(len(files), sys.stderr)
     for done, path in enumerate(files, 1):
@@ -154,6 +162,8 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         progress.update(done, engine.counters["spans_received"])
     if len(files) > 1:
         progress.update(len(files), engine.counters["spans_received"], force=True)
+    if isinstance(engine, DerivedMetricsEngine):
+        engine.finish()  # the end of the input: spans still waiting for a partner are orphans
     snapshot = engine.flush()
     _write_output(encode_metrics(snapshot_to_request(snapshot), output_encoding), args.output)
     print(
@@ -172,6 +182,9 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Load a topology and print what it resolves to."""
     topology = _load(args.topology)
+    if topology.derive is not None:
+        _print_derived(args.topology, topology)
+        return 0
     sm = topology.spanmetrics
     hist = sm.histogram
     kind = (
@@ -191,6 +204,34 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for sink in topology.sinks:
         print(f"  sink: {sink.model_dump(exclude_none=True)}")
     return 0
+
+
+def _print_derived(path: str, topology: Topology) -> None:
+    derive = topology.derive
+    assert derive is not None
+    sm = topology.spanmetrics
+    print(f"{path}: valid")
+    print(f"  source: {topology.source.topic} ({topology.source.encoding})")
+    print(f"  services: {', '.join(derive.services) or '(all)'}")
+    print(
+        f"  temporality: {sm.aggregation_temporality}, flush every {sm.metrics_flush_interval:g}s"
+    )
+    print(
+        f"  joins: window {derive.join.window:g}s, "
+        f"at most {derive.join.max_pending_spans:,} spans held"
+    )
+    for service, multiplier in derive.multipliers.items():
+        print(f"  multiplier: {service} x{multiplier:g}")
+    opt_in = set(derive.opt_in)
+    for metric in derive.metrics:
+        emitted = {k: r for k, r in metric.attributes.items() if not r.opt_in or k in opt_in}
+        labels = list(emitted)
+        unit = " [s]" if metric.type == "histogram" else ""
+        reads_join = any(s.joined for r in emitted.values() for s in r.sources)
+        join = f", joined with its {metric.join.direction}" if metric.join and reads_join else ""
+        print(f"  metric: {metric.name} ({metric.type}{unit}{join}): {', '.join(labels)}")
+    for sink in topology.sinks:
+        print(f"  sink: {sink.model_dump(exclude_none=True)}")
 
 
 def _records(count: int, spans_per_record: int, seed: int, encoding: str) -> Iterator[bytes]:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 
-from spanmetrics.aggregate.points import LabelSplit, MetricNames
+from spanmetrics.aggregate.points import METRIC_NAME_LABEL, LabelSplit, MetricNames, metric_of
 from spanmetrics.aggregate.sampling import adjusted_count
 from spanmetrics.config.model import (
     INTRINSIC_DIMENSIONS,
@@ -32,6 +32,21 @@ from spanmetrics.model.enums import SPAN_KIND_NAMES, STATUS_CODE_NAMES
 OVERFLOW_SCOPE = -1
 #: Its only label, as in the connector and the OTel SDK.
 OVERFLOW_ATTRIBUTES: tuple[tuple[str, str], ...] = (("otel.metric.overflow", "true"),)
+
+
+def overflow_labels(labels: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The labels of the overflow series that takes a new series with ``labels`` past the
+    cardinality limit: one per derived metric (it keeps its ``__name__``), else one."""
+    metric = metric_of(tuple(labels))
+    if metric is None:
+        return OVERFLOW_ATTRIBUTES
+    return ((METRIC_NAME_LABEL, metric), *OVERFLOW_ATTRIBUTES)
+
+
+def is_overflow(labels: Sequence[tuple[str, str]]) -> bool:
+    """Whether ``labels`` are an overflow series' (see :func:`overflow_labels`)."""
+    return tuple(labels) == overflow_labels(labels)
+
 
 SCOPE_NAME_LABEL = "span.instrumentation.scope.name"
 SCOPE_VERSION_LABEL = "span.instrumentation.scope.version"

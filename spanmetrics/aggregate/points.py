@@ -15,6 +15,15 @@ from spanmetrics.model.enums import Temporality
 #: Label pairs in output order: intrinsic dimensions first, then configured ones.
 Attributes = tuple[tuple[str, str], ...]
 
+#: First label of a derived metric's series: the metric it belongs to (``derive``), as
+#: Prometheus keeps a series' name among its labels. Writers take it off.
+METRIC_NAME_LABEL = "__name__"
+
+
+def metric_of(attributes: Attributes) -> str | None:
+    """The derived metric a series belongs to, or None for a span-metrics series."""
+    return attributes[0][1] if attributes and attributes[0][0] == METRIC_NAME_LABEL else None
+
 
 @dataclass(frozen=True, slots=True)
 class Exemplar:

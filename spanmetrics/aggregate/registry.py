@@ -25,7 +25,7 @@ from typing import Literal
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from spanmetrics.aggregate.cumulative import Histogram, latest_exemplars, merge_histograms
-from spanmetrics.aggregate.dimensions import OVERFLOW_ATTRIBUTES
+from spanmetrics.aggregate.dimensions import is_overflow, overflow_labels
 from spanmetrics.aggregate.points import (
     Attributes,
     EventsPoint,
@@ -198,7 +198,7 @@ class SeriesRegistry:
             if state is None:
                 if self._limit and res.admitted >= self._limit:
                     overflowed += point.calls
-                    labels = OVERFLOW_ATTRIBUTES
+                    labels = overflow_labels(labels)
                     state = res.series.get(labels)
                 else:
                     res.admitted += 1
@@ -372,7 +372,7 @@ class SeriesRegistry:
                     for labels in stale:
                         removed.append((res, kind, labels, table.pop(labels)))
                         self._forget(res.rid, kind, labels)
-                        if kind == "series" and labels != OVERFLOW_ATTRIBUTES:
+                        if kind == "series" and not is_overflow(labels):
                             res.admitted -= 1
                 if not res.series and not res.events:
                     self._remove_resource(identity, res)
@@ -458,7 +458,7 @@ class SeriesRegistry:
     ) -> None:
         """Load a stored series of a restored resource (not marked as changed)."""
         table = res.table(kind)
-        if kind == "series" and labels != OVERFLOW_ATTRIBUTES and labels not in table:
+        if kind == "series" and not is_overflow(labels) and labels not in table:
             res.admitted += 1
         table[labels] = state
         self._newest_start_ns = max(self._newest_start_ns, state.start_ns)

@@ -53,6 +53,11 @@ DEFAULT_EXEMPLARS_ENABLED: Final = False
 DEFAULT_EXEMPLARS_MAX_PER_POINT: Final = 5
 DEFAULT_EVENTS_ENABLED: Final = False
 
+#: How long a span waits for its join partner (``derive.join.window``).
+DEFAULT_JOIN_WINDOW_S: Final = 30.0
+#: Spans held for joins at most (``derive.join.max_pending_spans``): about 300 bytes each.
+DEFAULT_JOIN_MAX_PENDING_SPANS: Final = 100_000
+
 #: Naming profile of the Prometheus sinks.
 DEFAULT_PROMETHEUS_NAMING: Final = "otel"
 #: How the remote-write sink writes histograms: native and classic, so that both native

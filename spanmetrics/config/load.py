@@ -34,7 +34,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
 
 
 #: A message that already starts with the key path it is about (cross-key checks).
-_PATH_FIRST = re.compile(r"^(source|spanmetrics|sinks|state)[\w.\[\]]*: ")
+_PATH_FIRST = re.compile(r"^(source|spanmetrics|sinks|state|derive)[\w.\[\]]*: ")
 
 
 #: A message of a check on a whole block that names the key inside the block it is about.

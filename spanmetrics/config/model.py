@@ -12,24 +12,23 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AliasChoices,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     field_validator,
     model_validator,
 )
 
 from spanmetrics.config import defaults
-from spanmetrics.config.durations import parse_duration, parse_duration_s
+from spanmetrics.config.base import DurationSeconds
+from spanmetrics.config.base import Strict as _Strict
+from spanmetrics.config.durations import parse_duration
+from spanmetrics.config.rules import DeriveConfig
 
 #: Record encodings of the Collector's Kafka exporter that we read and write.
 Encoding = Literal["otlp_proto", "otlp_json"]
 #: Temporalities, spelled as the connector spells them.
 TemporalityName = Literal["AGGREGATION_TEMPORALITY_CUMULATIVE", "AGGREGATION_TEMPORALITY_DELTA"]
 
-#: A duration in seconds, written as a Go duration string ("60s") or a number of seconds.
-DurationSeconds = Annotated[float, BeforeValidator(parse_duration_s)]
 
 #: Dimension names the engine sets itself; configuring one of them would be ambiguous.
 INTRINSIC_DIMENSIONS = ("service.name", "span.name", "span.kind", "status.code")
@@ -37,21 +36,6 @@ INTRINSIC_DIMENSIONS = ("service.name", "span.name", "span.kind", "status.code")
 SAMPLING_METHOD_LABEL = "sampling.method"
 #: Intrinsic dimensions that ``exclude_dimensions`` may drop (a series needs its service).
 EXCLUDABLE_DIMENSIONS = ("span.name", "span.kind", "status.code")
-
-
-class _Strict(BaseModel):
-    """Base: immutable, unknown keys rejected, and an empty block means its defaults.
-
-    In YAML a key with nothing under it (``histogram:``) is null; the Collector reads such
-    a block as "all defaults", and so does every block here.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_block(cls, data: object) -> object:
-        return {} if data is None else data
 
 
 def _empty_block(value: object) -> object:
@@ -546,10 +530,26 @@ class Topology(_Strict):
     """Where metrics go; defaults to one Kafka sink on ``otlp_metrics``."""
     state: str = defaults.DEFAULT_STATE_URL
     """Durable state: ``redis://HOST:PORT/DB`` for a fleet, ``memory://`` for one process."""
+    derive: DeriveConfig | None = None
+    """Metrics derived from selected spans by rules, instead of the connector's calls and
+    duration metrics (``topologies/kubernetes.yaml``). The ``spanmetrics`` block still
+    sets temporality, flush interval, expirations, the cardinality limit and the
+    exponential histogram's ``max_size``."""
+
+    @model_validator(mode="after")
+    def _derive_is_exponential(self) -> Topology:
+        if self.derive is not None and not self.spanmetrics.histogram.is_exponential:
+            raise ValueError(
+                "spanmetrics.histogram.explicit: derived metrics are exponential histograms; "
+                "remove it (histogram.exponential.max_size applies)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tempo_needs_seconds(self) -> Topology:
         # Checked here because it spans two keys; the message starts with the key path.
+        if self.derive is not None:
+            return self  # derived metrics are in seconds, and profiles name span metrics only
         for i, sink in enumerate(self.sinks):
             for kind in ("prometheus_remote_write", "prometheus"):
                 config = getattr(sink, kind)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -30,6 +31,7 @@ from spanmetrics.aggregate.points import (
     MetricsSnapshot,
     ResourcePoints,
     SeriesPoint,
+    metric_of,
 )
 from spanmetrics.aggregate.projection import project
 from spanmetrics.model.attributes import any_value_to_str
@@ -175,14 +177,24 @@ def _fill_resource(rm: Any, rp: ResourcePoints, names: MetricNames, temporality:
         rm.resource.CopyFrom(rp.resource)
     scope_metrics = rm.scope_metrics.add()
     scope_metrics.scope.CopyFrom(InstrumentationScope(name=SCOPE_NAME, version=__version__))
-    calls = [p for p in rp.series if p.role != "duration"]
+    derived: dict[str, list[SeriesPoint]] = {}
+    span_series: list[SeriesPoint] = []
+    for p in rp.series:
+        metric = metric_of(p.attributes)
+        if metric is None:
+            span_series.append(p)
+        else:
+            derived.setdefault(metric, []).append(replace(p, attributes=p.attributes[1:]))
+    for metric, points in derived.items():
+        _add_derived(scope_metrics.metrics.add(name=metric), points, names.unit, temporality)
+    calls = [p for p in span_series if p.role != "duration"]
     if calls:
         _add_sum(
             scope_metrics.metrics.add(name=names.calls),
             temporality,
             ((p.attributes, p.start_time_unix_nano, p.time_unix_nano, p.calls) for p in calls),
         )
-    durations = [p for p in rp.series if p.role != "calls" and p.duration is not None]
+    durations = [p for p in span_series if p.role != "calls" and p.duration is not None]
     if durations:
         duration = scope_metrics.metrics.add(name=names.duration, unit=names.unit)
         _add_durations(duration, durations, temporality)
@@ -192,6 +204,18 @@ def _fill_resource(rm: Any, rp: ResourcePoints, names: MetricNames, temporality:
             temporality,
             ((e.attributes, e.start_time_unix_nano, e.time_unix_nano, e.count) for e in rp.events),
         )
+
+
+def _add_derived(metric: Metric, points: list[SeriesPoint], unit: str, temporality: int) -> None:
+    """A derived metric (``derive``): a histogram when its points carry one, else a sum of
+    their counts."""
+    if points[0].duration is None:
+        _add_sum(metric, temporality,
+                 ((p.attributes, p.start_time_unix_nano, p.time_unix_nano, p.calls)
+                  for p in points))  # fmt: skip
+    else:
+        metric.unit = unit
+        _add_durations(metric, points, temporality)
 
 
 def _add_sum(

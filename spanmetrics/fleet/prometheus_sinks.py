@@ -30,6 +30,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 
+from spanmetrics.aggregate.derived import DERIVED_UNIT
 from spanmetrics.config.model import Topology
 from spanmetrics.export.prometheus import (
     PrometheusConverter,
@@ -58,17 +59,16 @@ class PrometheusSinks:
         #: order of ``_remote``; ``_written`` all of them.
         self._remote_written: list[dict[int, int]] = []
         self._written: list[dict[int, int]] = []
+        # Derived metrics are in seconds whatever the span metrics' unit: the classic
+        # bounds of their histograms must be too.
+        unit = DERIVED_UNIT if topology.derive is not None else sm.histogram.unit
         for sink in topology.sinks:
             if (rw := sink.prometheus_remote_write) is not None:
-                converter = PrometheusConverter(
-                    sm.namespace, sm.histogram.unit, rw.naming, rw.histogram
-                )
+                converter = PrometheusConverter(sm.namespace, unit, rw.naming, rw.histogram)
                 self._remote.append((converter, RemoteWriteClient(rw.endpoint)))
                 self._remote_written.append({})
             if (scrape := sink.prometheus) is not None:
-                converter = PrometheusConverter(
-                    sm.namespace, sm.histogram.unit, scrape.naming, "both"
-                )
+                converter = PrometheusConverter(sm.namespace, unit, scrape.naming, "both")
                 written: dict[int, int] = {}
                 server = ScrapeServer(host, scrape.port, self._provider(converter, written))
                 self._scrape.append((converter, server))

@@ -27,7 +27,7 @@ from spanmetrics.export.prometheus.names import (
     NamingProfile,
     SpanMetricNames,
     label_name,
-    metric_name,
+    metric_name_with_unit,
 )
 from spanmetrics.export.prometheus.series import Kind, Labels, PromExemplar, Series
 from spanmetrics.model.attributes import any_value_to_str
@@ -101,7 +101,7 @@ class PrometheusConverter:
             if span_name:
                 name = span_name
             else:
-                name = metric_name(metric.name)
+                name = metric_name_with_unit(metric.name, metric.unit)
                 if metric.sum.is_monotonic and not name.endswith("_total"):
                     name += "_total"
             kind: Kind = "counter" if metric.sum.is_monotonic else "gauge"
@@ -110,13 +110,13 @@ class PrometheusConverter:
                 labels = self._labels(identity, p.attributes, bool(span_name))
                 yield Series(name, kind, labels, ts, value=value, start_ns=p.start_time_unix_nano)
         elif field == "gauge":
-            name = span_name or metric_name(metric.name)
+            name = span_name or metric_name_with_unit(metric.name, metric.unit)
             for p in metric.gauge.data_points:
                 value = float(p.as_int) if p.HasField("as_int") else p.as_double
                 yield Series(name, "gauge", self._labels(identity, p.attributes, False), ts, value)
         elif field == "exponential_histogram":
             _require_cumulative(metric, metric.exponential_histogram.aggregation_temporality)
-            name = span_name or metric_name(metric.name)
+            name = span_name or metric_name_with_unit(metric.name, metric.unit)
             for p in metric.exponential_histogram.data_points:
                 labels = self._labels(identity, p.attributes, bool(span_name))
                 counts = list(p.positive.bucket_counts)
@@ -135,7 +135,7 @@ class PrometheusConverter:
                 )  # fmt: skip
         elif field == "histogram":
             _require_cumulative(metric, metric.histogram.aggregation_temporality)
-            name = span_name or metric_name(metric.name)
+            name = span_name or metric_name_with_unit(metric.name, metric.unit)
             for p in metric.histogram.data_points:
                 labels = self._labels(identity, p.attributes, bool(span_name))
                 classic = native.classic_from_explicit(

@@ -21,6 +21,20 @@ def metric_name(name: str) -> str:
     return f"_{out}" if out[:1].isdigit() else out
 
 
+#: Unit suffixes of the OTel-to-Prometheus translation for the units our metrics use.
+_UNIT_SUFFIXES = {"s": "seconds", "ms": "milliseconds", "By": "bytes"}
+
+
+def metric_name_with_unit(name: str, unit: str) -> str:
+    """:func:`metric_name`, with the unit's suffix added as the compatibility spec adds it
+    (``k8s.apiserver.request.duration`` in ``s`` -> ``..._duration_seconds``)."""
+    out = metric_name(name)
+    suffix = _UNIT_SUFFIXES.get(unit)
+    if suffix and not out.endswith(f"_{suffix}"):
+        out = f"{out}_{suffix}"
+    return out
+
+
 def label_name(key: str) -> str:
     """An attribute key as a valid label name (``service.name`` -> ``service_name``)."""
     out = _INVALID_LABEL.sub("_", key)
