@@ -33,6 +33,7 @@ from spanmetrics.aggregate.dimensions import (
 )
 from spanmetrics.aggregate.explicit import ExplicitHistogramColumns
 from spanmetrics.aggregate.expohist_columns import ExpoHistogramColumns
+from spanmetrics.aggregate.join import HeldGroup
 from spanmetrics.aggregate.points import (
     EventsPoint,
     Exemplar,
@@ -573,6 +574,11 @@ class SpanMetricsEngine:
         self._exemplars.clear()
         self._full_exemplar_rows.clear()
         return MetricsSnapshot(self.names, self.temporality, now, list(by_resource.values()))
+
+    def take_held(self) -> list[HeldGroup]:
+        """Spans held for joins: none, the span metrics join nothing (the fleet's stage 1
+        asks every engine)."""
+        return []
 
     def _scope_of(self, key: SpanKey) -> ScopeDimensions:
         sid = key[1]

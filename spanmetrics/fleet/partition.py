@@ -11,10 +11,14 @@ cut are split in a fixed order (:func:`spanmetrics.state.codec.encode_delta_part
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from spanmetrics.aggregate.engine import SpanMetricsEngine
-from spanmetrics.aggregate.points import MetricsSnapshot
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from spanmetrics.aggregate.join import HeldGroup
+from spanmetrics.aggregate.points import EventsPoint, MetricsSnapshot, SeriesPoint
 from spanmetrics.aggregate.resources import service_identity, shard_of
 from spanmetrics.config.model import Encoding
 from spanmetrics.state.codec import CutHeader, ResourceDelta, encode_delta_parts
@@ -24,6 +28,22 @@ from spanmetrics.state.store import Cut
 ShardRecord = tuple[int, bytes]
 
 
+class IntervalEngine(Protocol):
+    """What an interval of stage 1 aggregates with: the span-metrics engine, or the
+    derived-metrics engine of a ``derive`` topology."""
+
+    counters: Counter[str]
+
+    def consume_record(self, value: bytes, encoding: Encoding) -> None:
+        """Aggregate one record (raises ``DecodeError``)."""
+
+    def flush(self) -> MetricsSnapshot:
+        """The interval's delta points."""
+
+    def take_held(self) -> list[HeldGroup]:
+        """Spans still waiting for a join partner at the flush, handed over."""
+
+
 class InputPartition:
     """An owned input partition (stage 1)."""
 
@@ -31,7 +51,7 @@ class InputPartition:
         self,
         partition: int,
         epoch: int,
-        new_engine: Callable[[], SpanMetricsEngine],
+        new_engine: Callable[[], IntervalEngine],
         now_ns: int,
         last_cut: Cut | None,
     ) -> None:
@@ -94,7 +114,7 @@ class InputPartition:
             return None
         return Cut(self.start, self.next_offset)
 
-    def close_interval(self, cut: Cut, now_ns: int) -> tuple[SpanMetricsEngine, int]:
+    def close_interval(self, cut: Cut, now_ns: int) -> tuple[IntervalEngine, int]:
         """Start the next interval after ``cut`` (recorded); returns the engine holding the
         cut's spans and when its interval started."""
         engine, started = self.engine, self.interval_start_ns
@@ -108,6 +128,7 @@ class InputPartition:
 
 def cut_records(
     snapshot: MetricsSnapshot,
+    held: Sequence[HeldGroup],
     partition: int,
     epoch: int,
     cut: Cut,
@@ -121,13 +142,25 @@ def cut_records(
     ``service.name``, ``service.instance.id``): resources that differ only in other
     attributes are one series in Prometheus (``job``/``instance``), and one series must have
     one owner.
+
+    Spans still held for joins go to the shard of their resource too: the partners of a
+    join are spans of one component instance, so that shard sees every span it needs.
     """
-    by_shard: dict[int, list[ResourceDelta]] = {}
+    by_resource: dict[bytes, tuple[list[SeriesPoint], list[EventsPoint], list[HeldGroup]]] = {}
+    messages: dict[bytes, Resource] = {}
     for rp in snapshot.resources:
-        shard = shard_of(service_identity(rp.resource), shards)
-        by_shard.setdefault(shard, []).append(
-            (rp.resource.SerializeToString(), rp.series, rp.events)
-        )
+        raw = rp.resource.SerializeToString()
+        messages[raw] = rp.resource
+        entry = by_resource.setdefault(raw, ([], [], []))
+        entry[0].extend(rp.series)
+        entry[1].extend(rp.events)
+    for group in held:
+        by_resource.setdefault(group.resource, ([], [], []))[2].append(group)
+    by_shard: dict[int, list[ResourceDelta]] = {}
+    for raw, (series, events, groups) in by_resource.items():
+        resource = messages.get(raw) or Resource.FromString(raw)
+        shard = shard_of(service_identity(resource), shards)
+        by_shard.setdefault(shard, []).append((raw, series, events, groups))
     records: list[ShardRecord] = []
     for shard in sorted(by_shard):
         header = CutHeader(partition, epoch, cut.start, cut.end, 0, 1, *interval)

@@ -33,7 +33,7 @@ def apply_overrides(
         ConfigError: an override is invalid; the message names the key it sets.
     """
     # exclude_none: an unset sink kind dumps as None, which would read back as "given".
-    document = topology.model_dump(exclude_none=True)
+    document = topology.model_dump(exclude_none=True, by_alias=True)
     if broker := broker or os.environ.get(ENV_BROKER):
         document["source"]["broker"] = broker
     if group := group or os.environ.get(ENV_GROUP):

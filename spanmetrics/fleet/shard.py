@@ -6,6 +6,10 @@ flush, into one incremental checkpoint and the shard's output. The checkpoint's 
 taken in one synchronous step (:meth:`ShardOwner.prepare`), so deltas keep being applied
 while it is written; it becomes the owner's truth only once the store took it
 (:meth:`ShardOwner.stored`).
+
+With a ``derive`` topology the owner also joins: cuts hand it the spans that still wait for
+a partner (:class:`ShardJoin`), and its checkpoint holds them with the series, so a join
+is exact through a crash or a move like every count.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
+from spanmetrics.aggregate.derived import PointSums, release
+from spanmetrics.aggregate.join import HeldGroup, TraceJoin
 from spanmetrics.aggregate.points import EventsPoint, SeriesPoint
 from spanmetrics.aggregate.registry import (
     ChangedSeries,
@@ -27,6 +33,8 @@ from spanmetrics.aggregate.registry import (
     series_id,
 )
 from spanmetrics.aggregate.resources import ResourceIdentity, resource_identity
+from spanmetrics.aggregate.rules import Rules
+from spanmetrics.decode.facts import AttributeMap
 from spanmetrics.fleet.output import KafkaOutput
 from spanmetrics.state.codec import (
     Applied,
@@ -34,8 +42,10 @@ from spanmetrics.state.codec import (
     HistogramSpec,
     OutputRecord,
     decode_delta,
+    decode_join,
     decode_resource_state,
     decode_series_state,
+    encode_join,
     encode_resource_state,
     encode_series_state,
 )
@@ -60,6 +70,44 @@ class PreparedFlush:
     """Records to send once the write is stored; they include all of ``write.pending``."""
 
 
+class ShardJoin:
+    """A shard's joins (``derive``): the spans cuts handed on, until their partner comes or
+    the window ends; the spans it lets go become points of the shard's series."""
+
+    def __init__(self, rules: Rules, max_size: int) -> None:
+        self.buffer = TraceJoin(rules)
+        self._rules = rules
+        self._max_size = max_size
+        self._attributes: dict[bytes, AttributeMap] = {}
+        #: Whether the buffer changed since the last checkpoint taken.
+        self.dirty = False
+
+    def add(self, groups: list[HeldGroup], now_ns: int) -> PointSums:
+        """Hold the groups of one delta record; the points of the spans it let go."""
+        sums = PointSums(self._rules, self._max_size)
+        if groups:
+            release(sums, self.buffer.add_held(groups, now_ns), self._attributes)
+            self.dirty = True
+        return sums
+
+    def expire(self, now_ns: int) -> PointSums:
+        """Let go of traces past the window; their waiting spans' points (orphans)."""
+        sums = PointSums(self._rules, self._max_size)
+        released = self.buffer.expire(now_ns)
+        if released:
+            release(sums, released, self._attributes)
+            self.dirty = True
+        if len(self._attributes) > 10_000:
+            self._attributes.clear()
+        return sums
+
+    def take_counters(self) -> dict[str, int]:
+        """Spans joined, orphaned and evicted since the last call."""
+        counters = self.buffer.counters
+        self.buffer.counters = dict.fromkeys(counters, 0)
+        return counters
+
+
 class ShardOwner:
     """An owned shard (stage 2)."""
 
@@ -70,8 +118,11 @@ class ShardOwner:
         registry: SeriesRegistry,
         spec: HistogramSpec,
         key_attributes: frozenset[str],
+        join: ShardJoin | None = None,
     ) -> None:
         self.shard = shard
+        #: The joins of a ``derive`` topology.
+        self.join = join
         self.epoch = epoch
         self.registry = registry
         self._spec = spec
@@ -116,6 +167,8 @@ class ShardOwner:
             if res is None:
                 raise CodecError("series: its resource is not stored")
             self.registry.restore_series(res, kind, labels, state)
+        if self.join is not None and checkpoint.join:
+            self.join.buffer.restore(decode_join(checkpoint.join))
 
     # ------------------------------------------------------------------ apply
 
@@ -154,7 +207,20 @@ class ShardOwner:
             overflowed += self.registry.apply(
                 identity, resource, series[i], events[i], now_ns, head.interval_end_ns
             )
+        if self.join is not None and record.held:
+            sums = self.join.add([group for _, group in record.held], now_ns)
+            overflowed += self._apply_sums(sums, now_ns, head.interval_end_ns)
         return APPLIED, overflowed
+
+    def _apply_sums(self, sums: PointSums, now_ns: int, seen_ns: int) -> int:
+        """Add the points of spans the join let go to the shard's series."""
+        overflowed = 0
+        for raw, points in sums.points():
+            resolved = self._resource(raw)
+            if resolved is not None:
+                identity, resource = resolved
+                overflowed += self.registry.apply(identity, resource, points, (), now_ns, seen_ns)
+        return overflowed
 
     def _resource(self, raw: bytes) -> tuple[ResourceIdentity, Resource] | None:
         """The identity and message of a resource as stage 1 sent it (None without
@@ -181,6 +247,14 @@ class ShardOwner:
         made it.
         """
         registry = self.registry
+        join_blob = None
+        if self.join is not None:
+            # Orphans first, so that this flush publishes them and checkpoints them with
+            # the buffer they left.
+            self._apply_sums(self.join.expire(now_ns), now_ns, now_ns)
+            if self.join.dirty:
+                join_blob = encode_join(self.join.buffer.groups())
+                self.join.dirty = False
         stamp_ns = registry.stamp(now_ns)
         removed = registry.expire(stamp_ns)
         cumulative = (
@@ -225,6 +299,7 @@ class ShardOwner:
             removed_resources=changes.removed_resources,
             pending=pending,
             stamp=stamp_ns,
+            join=join_blob,
         )
         return PreparedFlush(write, changes, taken, removed, cumulative, outputs)
 
@@ -239,6 +314,8 @@ class ShardOwner:
         took is taken again by a later flush."""
         if prepared.taken is not None:
             self.registry.restore_delta(prepared.taken)
+        if self.join is not None and prepared.write.join is not None:
+            self.join.dirty = True  # the next checkpoint writes the buffer
         # Expired series are gone from the registry; their last points wait for a
         # checkpoint that holds them.
         if prepared.removed:

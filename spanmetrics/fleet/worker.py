@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from spanmetrics.aggregate.derived import DerivedMetricsEngine, derived_names
 from spanmetrics.aggregate.dimensions import metric_names
 from spanmetrics.aggregate.engine import (
     CARDINALITY_OVERFLOW,
@@ -32,16 +33,18 @@ from spanmetrics.aggregate.engine import (
     SpanMetricsEngine,
     explicit_bounds,
 )
+from spanmetrics.aggregate.join import EVICTED, JOINED, ORPHANED
 from spanmetrics.aggregate.registry import SeriesRegistry
+from spanmetrics.aggregate.rules import Rules
 from spanmetrics.config.defaults import DEFAULT_MAX_MESSAGE_BYTES
 from spanmetrics.config.model import Topology
 from spanmetrics.decode import REASONS as DECODE_REASONS
 from spanmetrics.decode import DecodeError
 from spanmetrics.export.otlp import encode_records
 from spanmetrics.fleet.output import KafkaOutput
-from spanmetrics.fleet.partition import InputPartition, cut_records
+from spanmetrics.fleet.partition import InputPartition, IntervalEngine, cut_records
 from spanmetrics.fleet.prometheus_sinks import PrometheusSinks
-from spanmetrics.fleet.shard import APPLIED, DUPLICATE, ShardOwner
+from spanmetrics.fleet.shard import APPLIED, DUPLICATE, ShardJoin, ShardOwner
 from spanmetrics.fleet.telemetry import telemetry_request
 from spanmetrics.fleet.topics import deltas_topic
 from spanmetrics.kafka.admin import bootstrap_servers
@@ -129,7 +132,9 @@ class Worker:
         self._delta_output = sm.is_delta
         self._key_attributes = frozenset(sm.resource_metrics_key_attributes)
         self._spec = HistogramSpec(sm.histogram.max_size, explicit_bounds(sm))
-        self.names = metric_names(sm)
+        self.names = metric_names(sm) if topology.derive is None else derived_names(sm)
+        #: The rules of a ``derive`` topology, shared by stage 1 and the shards' joins.
+        self._rules = Rules(topology.derive) if topology.derive is not None else None
         self.source_topic = topology.source.topic
         self.deltas_topic = deltas_topic(topology.source.group)
         self.output = KafkaOutput(topology)
@@ -149,6 +154,7 @@ class Worker:
             "records_received",
             "checkpoint_errors",
             *(f"records_dead_lettered.{reason}" for reason in DECODE_REASONS),
+            *((JOINED, ORPHANED, EVICTED) if topology.derive is not None else ()),
         ):
             self.stats.counters[name] = 0
         self.prometheus = PrometheusSinks(topology, self.stats.counters)
@@ -179,7 +185,15 @@ class Worker:
         """Shards owned now."""
         return sorted(self._shards)
 
-    def _new_engine(self) -> SpanMetricsEngine:
+    def _new_engine(self) -> IntervalEngine:
+        if self.topology.derive is not None:
+            # Spans still waiting for a partner at a cut go on to the shard, which joins
+            # them with the rest of their trace (whatever partition that is read from).
+            # Event time, so that a cut sent again is the same cut.
+            return DerivedMetricsEngine(
+                self.topology.derive, self._stage1_config, self.clock, forward=True,
+                event_time=True,
+            )  # fmt: skip
         return SpanMetricsEngine(self._stage1_config, self.clock)
 
     def _new_owner(self, shard: int, epoch: int) -> ShardOwner:
@@ -192,7 +206,8 @@ class Worker:
             exemplar_limit=sm.exemplars.max_per_data_point if sm.exemplars.enabled else 0,
             delta_output=self._delta_output,
         )
-        return ShardOwner(shard, epoch, registry, self._spec, self._key_attributes)
+        join = ShardJoin(self._rules, sm.histogram.max_size) if self._rules is not None else None
+        return ShardOwner(shard, epoch, registry, self._spec, self._key_attributes, join)
 
     # ------------------------------------------------------------------ consume
 
@@ -451,8 +466,8 @@ class Worker:
             snapshot = engine.flush()
             self.stats.counters.update(engine.counters)
             part.unsent = cut_records(
-                snapshot, part.partition, part.epoch, cut, (started, now), max(self._n_shards, 1),
-                self.internal_max_record_bytes,
+                snapshot, engine.take_held(), part.partition, part.epoch, cut, (started, now),
+                max(self._n_shards, 1), self.internal_max_record_bytes,
             )  # fmt: skip
             part.unsent_end = cut.end
             self.stats.counters["cuts"] += 1
@@ -491,6 +506,8 @@ class Worker:
             prepared = owner.prepare(
                 self.clock.now_ns(), self._delta_output, self.prometheus.enabled, self.output
             )
+            if owner.join is not None:
+                self.stats.counters.update(owner.join.take_counters())
             try:
                 # The fence of every publish: nothing below happens unless this worker
                 # still owns the shard.

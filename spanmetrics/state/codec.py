@@ -11,7 +11,10 @@ after a crash (see :func:`encode_delta_parts`).
   ``[FORMAT, header, resources, series, events]``; ``header`` is a :class:`CutHeader`,
   ``resources`` a list of OTLP ``Resource`` bytes, a series entry ``[resource index,
   labels, calls, histogram, exemplars]`` and an events entry ``[resource index, labels,
-  count]``.
+  count]``; optionally a sixth item, the spans a cut still held for joins (``derive``):
+  entries ``[resource index, last_ns, [held span, ...]]`` (see :func:`encode_held`).
+- **Join buffer** of a shard (``derive``): ``[FORMAT, [[resource, last_ns, [held span,
+  ...]], ...]]``, oldest group first.
 - Histograms: ``None``, ``[0, scale, zero_count, count, sum, min, max, offset, counts]``
   (exponential) or ``[1, count, sum, min, max, counts]`` (explicit; the bounds are the
   topology's). Labels: a flat list ``[key, value, key, value, ...]``.
@@ -22,7 +25,7 @@ Decoding errors are :class:`CodecError` naming the field.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -30,8 +33,10 @@ import msgpack
 from spanmetrics.aggregate.cumulative import Histogram
 from spanmetrics.aggregate.explicit import ExplicitHistogram
 from spanmetrics.aggregate.expohist import ExpoHistogram
+from spanmetrics.aggregate.join import HeldGroup, HeldSpan
 from spanmetrics.aggregate.points import Attributes, EventsPoint, Exemplar, SeriesPoint
 from spanmetrics.aggregate.registry import KINDS, Kind, SeriesState
+from spanmetrics.decode.facts import SpanFacts
 
 #: Format of everything below; bumped on any incompatible change.
 FORMAT = 1
@@ -87,6 +92,8 @@ class DeltaRecord:
     resources: list[bytes]
     series: list[tuple[int, SeriesPoint]]
     events: list[tuple[int, EventsPoint]]
+    held: list[tuple[int, HeldGroup]] = field(default_factory=list)
+    """Spans the cut still held for joins, by resource index (``derive`` only)."""
 
 
 def _packb(value: object) -> bytes:
@@ -227,10 +234,59 @@ def decode_resource_state(data: bytes) -> tuple[bytes, int]:
     return bytes(value[1]), int(value[2])
 
 
+# ------------------------------------------------------------------ held spans
+
+
+def encode_held(held: HeldSpan) -> list[Any]:
+    """A span held for a join: its facts, weight and join state."""
+    f = held.facts
+    return [f.trace_id, f.span_id, f.parent_span_id, f.name, f.kind, f.status, f.start_ns,
+            f.end_ns, [i for kv in sorted(f.attributes.items()) for i in kv], list(f.events),
+            held.weight, held.waiting, list(held.partner_of), list(held.selected_by),
+            held.taken]  # fmt: skip
+
+
+def decode_held(value: Any, what: str) -> HeldSpan:
+    """Read what :func:`encode_held` wrote."""
+    try:
+        (trace_id, span_id, parent, name, kind, status, start, end, attributes, events,
+         weight, waiting, partner_of, selected_by, taken) = value  # fmt: skip
+        facts = SpanFacts(bytes(trace_id), bytes(span_id), bytes(parent), str(name), int(kind),
+                          int(status), int(start), int(end), dict(_pairs(attributes, what)),
+                          tuple(events))  # fmt: skip
+        return HeldSpan(facts, int(weight), [int(m) for m in waiting],
+                        tuple(int(m) for m in partner_of), tuple(int(m) for m in selected_by),
+                        [int(m) for m in taken])  # fmt: skip
+    except (TypeError, ValueError) as err:
+        raise CodecError(f"{what}.held: {err}") from err
+
+
+def encode_join(groups: Sequence[HeldGroup]) -> bytes:
+    """A shard's whole join buffer."""
+    return _packb(
+        [FORMAT, [[g.resource, g.last_ns, [encode_held(h) for h in g.spans]] for g in groups]]
+    )
+
+
+def decode_join(data: bytes) -> list[HeldGroup]:
+    """Read what :func:`encode_join` wrote."""
+    what = "join"
+    value = _check_format(_unpackb(data, what), what)
+    try:
+        _, groups = value
+        return [
+            HeldGroup(bytes(resource), int(last_ns), [decode_held(h, what) for h in spans])
+            for resource, last_ns, spans in groups
+        ]
+    except (TypeError, ValueError) as err:
+        raise CodecError(f"{what}: {err}") from err
+
+
 # ------------------------------------------------------------------ delta records
 
-#: One resource's delta points in a cut: its OTLP bytes, series points, events points.
-ResourceDelta = tuple[bytes, Sequence[SeriesPoint], Sequence[EventsPoint]]
+#: One resource's delta points in a cut: its OTLP bytes, series points, events points, and
+#: the groups of its spans still held for joins.
+ResourceDelta = tuple[bytes, Sequence[SeriesPoint], Sequence[EventsPoint], Sequence[HeldGroup]]
 
 
 def encode_delta_parts(
@@ -246,41 +302,44 @@ def encode_delta_parts(
         ValueError: one series entry (with its resource) does not fit in ``max_bytes``.
     """
     budget = max_bytes - DELTA_HEADER_RESERVE
-    parts: list[tuple[list[bytes], list[bytes], list[bytes]]] = []
-    current: tuple[list[bytes], list[bytes], list[bytes]] = ([], [], [])
+    parts: list[tuple[list[bytes], list[bytes], list[bytes], list[bytes]]] = []
+    current: tuple[list[bytes], list[bytes], list[bytes], list[bytes]] = ([], [], [], [])
     size = 0
-    for resource, series, events in resources:
+    for resource, series, events, held in resources:
         packed_resource = _packb(resource)
         index = -1  # this resource's index in the current part, once added
         entries = [
-            (True, [_flat(p.attributes), p.calls, encode_histogram(p.duration),
-                    _encode_exemplars(p.exemplars)])
+            (1, [_flat(p.attributes), p.calls, encode_histogram(p.duration),
+                 _encode_exemplars(p.exemplars)])
             for p in series
-        ] + [(False, [_flat(e.attributes), e.count]) for e in events]  # fmt: skip
-        for is_series, body in entries:
+        ] + [(2, [_flat(e.attributes), e.count]) for e in events] + [
+            (3, [g.last_ns, [encode_held(h) for h in g.spans]]) for g in held
+        ]  # fmt: skip
+        for table, body in entries:
             entry_size = len(_packb([0xFFFF, *body]))  # the index at its widest (< 65536)
             extra = 0 if index >= 0 else len(packed_resource)
-            if size + entry_size + extra > budget and (current[1] or current[2]):
+            if size + entry_size + extra > budget and (current[1] or current[2] or current[3]):
                 parts.append(current)
-                current, size, index, extra = ([], [], []), 0, -1, len(packed_resource)
+                current, size, index, extra = ([], [], [], []), 0, -1, len(packed_resource)
             if size + entry_size + extra > budget:
                 raise ValueError(f"one series needs {entry_size + extra} bytes, over {budget}")
             if index < 0:
                 current[0].append(packed_resource)
                 index = len(current[0]) - 1
                 size += len(packed_resource)
-            (current[1] if is_series else current[2]).append(_packb([index, *body]))
+            current[table].append(_packb([index, *body]))
             size += entry_size
-    if current[1] or current[2]:
+    if current[1] or current[2] or current[3]:
         parts.append(current)
     records = []
-    for i, (res, series_entries, event_entries) in enumerate(parts):
+    for i, (res, series_entries, event_entries, held_entries) in enumerate(parts):
         head = [
             header.partition, header.epoch, header.start, header.end, i, len(parts),
             header.interval_start_ns, header.interval_end_ns,
         ]  # fmt: skip
+        # The sixth item only when there is one: records without joins stay as they were.
         records.append(
-            _array(5)
+            _array(6 if held_entries else 5)
             + _packb(FORMAT)
             + _packb(head)
             + _array(len(res))
@@ -289,6 +348,7 @@ def encode_delta_parts(
             + b"".join(series_entries)
             + _array(len(event_entries))
             + b"".join(event_entries)
+            + ((_array(len(held_entries)) + b"".join(held_entries)) if held_entries else b"")
         )
     return records
 
@@ -307,8 +367,9 @@ def decode_delta(data: bytes, spec: HistogramSpec) -> DeltaRecord:
     what = "delta"
     value = _check_format(_unpackb(data, what), what)
     try:
-        _, head, resources, series, events = value
+        _, head, resources, series, events, *rest = value
         header = CutHeader(*head)
+        held_entries = rest[0] if rest else []
     except (TypeError, ValueError) as err:
         raise CodecError(f"{what}.header: {err}") from err
     n_resources = len(resources)
@@ -338,7 +399,18 @@ def decode_delta(data: bytes, spec: HistogramSpec) -> DeltaRecord:
         if not 0 <= index < n_resources:
             raise CodecError(f"{what}.events.resource: index {index} of {n_resources}")
         out_events.append((index, EventsPoint(_pairs(labels, what), 0, 0, count)))
-    return DeltaRecord(header, [bytes(r) for r in resources], out_series, out_events)
+    out_held: list[tuple[int, HeldGroup]] = []
+    for entry in held_entries:
+        try:
+            index, last_ns, spans = entry
+        except (TypeError, ValueError) as err:
+            raise CodecError(f"{what}.held: {err}") from err
+        if not 0 <= index < n_resources:
+            raise CodecError(f"{what}.held.resource: index {index} of {n_resources}")
+        group = HeldGroup(bytes(resources[index]), int(last_ns),
+                          [decode_held(h, what) for h in spans])  # fmt: skip
+        out_held.append((index, group))
+    return DeltaRecord(header, [bytes(r) for r in resources], out_series, out_events, out_held)
 
 
 # --------------------------------------------------------------- shard metadata

@@ -99,6 +99,8 @@ class ShardCheckpoint:
     """Delta output records stored but maybe not sent."""
     stamp: int = 0
     """Time of the last points published by the shard (a new owner publishes after it)."""
+    join: bytes = b""
+    """The shard's join buffer (``derive``), whole; empty when it has none."""
 
 
 @dataclass(slots=True)
@@ -116,6 +118,8 @@ class ShardWrite:
     """Delta output to send after this write; replaces any earlier pending output."""
     stamp: int = 0
     """Time of the points this flush publishes."""
+    join: bytes | None = None
+    """The shard's whole join buffer (``derive``); None when unchanged."""
 
     @property
     def size(self) -> int:
@@ -125,6 +129,7 @@ class ShardWrite:
             + sum(len(k) + len(v) for k, v in self.resources.items())
             + 16 * (len(self.removed_series) + len(self.removed_resources))
             + sum(len(r) for _, r in self.pending)
+            + len(self.join or b"")
         )
 
 
@@ -191,6 +196,7 @@ class _MemoryShard:
     applied: bytes = b""
     pending: bytes = b""
     stamp: int = 0
+    join: bytes = b""
     series: dict[bytes, bytes] = field(default_factory=dict)
     resources: dict[bytes, bytes] = field(default_factory=dict)
 
@@ -242,6 +248,7 @@ class MemoryStateStore:
             dict(state.resources),
             decode_pending(state.pending) if state.pending else [],
             state.stamp,
+            state.join,
         )
 
     def _owned(self, shard: int, epoch: int) -> _MemoryShard:
@@ -257,6 +264,8 @@ class MemoryStateStore:
         state.applied = encode_applied(write.applied)
         state.pending = encode_pending(write.pending) if write.pending else b""
         state.stamp = write.stamp
+        if write.join is not None:
+            state.join = write.join
         for sid in write.removed_series:
             state.series.pop(sid, None)
         state.series.update(write.series)
@@ -273,7 +282,7 @@ class MemoryStateStore:
         """See :meth:`StateStore.stored_bytes`."""
         total = 16 * len(self._partitions)
         for s in self._shards.values():
-            total += len(s.applied) + len(s.pending) + 16
+            total += len(s.applied) + len(s.pending) + len(s.join) + 16
             total += sum(len(k) + len(v) for k, v in s.series.items())
             total += sum(len(k) + len(v) for k, v in s.resources.items())
         return total
@@ -324,11 +333,11 @@ class RedisStateStore:
     async def load_shard(self, shard: int) -> ShardCheckpoint:
         """See :meth:`StateStore.load_shard`."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(self._shard_key(shard), ["offset", "applied", "pending", "stamp"])
+            pipe.hmget(self._shard_key(shard), ["offset", "applied", "pending", "stamp", "join"])
             pipe.hgetall(self._shard_key(shard, ":series"))
             pipe.hgetall(self._shard_key(shard, ":resources"))
             meta, series, resources = await pipe.execute()
-        offset, applied, pending, stamp = cast(list[bytes | None], meta)
+        offset, applied, pending, stamp, join = cast(list[bytes | None], meta)
         return ShardCheckpoint(
             int(offset) if offset is not None else None,
             decode_applied(applied) if applied else {},
@@ -336,6 +345,7 @@ class RedisStateStore:
             cast(dict[bytes, bytes], resources),
             decode_pending(pending) if pending else [],
             int(stamp) if stamp else 0,
+            join or b"",
         )
 
     async def save_shard(self, shard: int, epoch: int, write: ShardWrite) -> None:
@@ -350,6 +360,8 @@ class RedisStateStore:
             "stamp",
             write.stamp,
         ]
+        if write.join is not None:
+            meta += ["join", write.join]
         args: list[bytes | str | int] = [
             epoch,
             len(meta) // 2,

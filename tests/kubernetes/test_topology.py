@@ -269,3 +269,16 @@ def test_config_errors_name_the_key(derive: dict[str, Any], message: str) -> Non
     with pytest.raises(ConfigError) as err:
         parse_topology(document)
     assert message in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("path", sorted(TOPOLOGY.parent.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_topology_survives_the_workers_overrides(path: Path) -> None:
+    # The worker re-reads the topology with its command-line overrides applied: keys
+    # written under an alias (`from:`) must read back the same.
+    from spanmetrics.config.load import load_topology
+    from spanmetrics.fleet.run import apply_overrides
+
+    loaded = load_topology(path)
+    assert apply_overrides(loaded, flush_interval="2s").model_copy(
+        update={"spanmetrics": loaded.spanmetrics}
+    ) == loaded

@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import random
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,9 +166,11 @@ def _busy(node: Node, channel: str) -> bool:
     return task is not None and not task.done()
 
 
-async def _drive(rng: random.Random, run: Run) -> None:
+async def _drive(
+    rng: random.Random, run: Run, given_input: list[tuple[int, Any]] | None = None
+) -> None:
     fleet, config, trace = run.fleet, run.config, run.trace
-    pending_input = make_input(rng, config)
+    pending_input = make_input(rng, config) if given_input is None else given_input
     counter = 0
 
     def spawn(node: Node, channel: str, coro: Any, what: str) -> None:
@@ -293,12 +296,18 @@ def _raise_failures(nodes: list[Node]) -> None:
                 raise AssertionError(f"{node.name} {channel} raised") from task.exception()
 
 
-def run_seed(seed: int) -> Run:
-    """Run the simulation of ``seed``."""
+def run_seed(
+    seed: int,
+    topology: Topology | None = None,
+    make: Callable[[random.Random, SimConfig], list[tuple[int, Any]]] | None = None,
+) -> Run:
+    """Run the simulation of ``seed``: the connector's topology and spans, or ``topology``
+    with the input ``make`` draws."""
     rng = random.Random(seed)
     config = draw_config(rng)
+    given_input = make(rng, config) if make is not None else None
     fleet = SimFleet(
-        config.topology(),
+        topology or config.topology(),
         config.partitions,
         config.shards,
         scripted=False,
@@ -306,7 +315,7 @@ def run_seed(seed: int) -> Run:
         internal_max_record_bytes=1024 if config.small_records else None,
     )
     run = Run(seed, config, fleet)
-    asyncio.run(_drive(rng, run))
+    asyncio.run(_drive(rng, run, given_input))
     return run
 
 
