@@ -24,7 +24,7 @@ from spanmetrics.decode import decode_metrics
 from spanmetrics.dev.synth import encode_request
 from spanmetrics.kafka.admin import ensure_topics
 from spanmetrics.model.attributes import any_value_to_str
-from tests.integration.test_fleet_exactness import REDIS_URL, Fleet, redis_cleanup  # noqa: F401
+from tests.integration.test_fleet_exactness import Fleet
 from tests.kubernetes.oracle import expected
 from tests.kubernetes.spans import all_spans, as_request
 
@@ -99,17 +99,16 @@ class Output:
 
 
 def test_joins_across_partitions_through_a_sigkill(
-    broker: Any, tmp_path: Path, redis_cleanup: list[str]
+    broker: Any, tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:
     suffix = uuid.uuid4().hex[:8]
-    topic, metrics_topic, group = f"k8s-{suffix}", f"k8s-metrics-{suffix}", f"k8s-{suffix}"
-    redis_cleanup.append(group)
+    topic, metrics_topic, group = f"k8s-{suffix}", f"k8s-metrics-{suffix}", redis_prefix
     document = yaml.safe_load(TOPOLOGY.read_text())
     document["source"] |= {"topic": topic, "broker": broker.url, "group": group,
                            "dead_letter_topic": f"dlq-{suffix}"}  # fmt: skip
     document["spanmetrics"]["metrics_flush_interval"] = "1s"
     document["derive"]["opt_in"] = ["k8s.namespace.name", "k8s.pod.name"]
-    document["state"] = REDIS_URL
+    document["state"] = redis_url
     document["sinks"] = [{"kafka": {"topic": metrics_topic}}]
     topology = tmp_path / "kubernetes.yaml"
     topology.write_text(yaml.safe_dump(document, sort_keys=False))  # labels keep their order
