@@ -279,6 +279,9 @@ def test_every_shipped_topology_survives_the_workers_overrides(path: Path) -> No
     from spanmetrics.fleet.run import apply_overrides
 
     loaded = load_topology(path)
-    assert apply_overrides(loaded, flush_interval="2s").model_copy(
-        update={"spanmetrics": loaded.spanmetrics}
-    ) == loaded
+    assert (
+        apply_overrides(loaded, flush_interval="2s").model_copy(
+            update={"spanmetrics": loaded.spanmetrics}
+        )
+        == loaded
+    )
