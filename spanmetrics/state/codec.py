@@ -299,7 +299,8 @@ def encode_delta_parts(
     the same records, whatever the header's epoch or times.
 
     Raises:
-        ValueError: one series entry (with its resource) does not fit in ``max_bytes``.
+        ValueError: one entry (a series, an events series or a held span, with its
+            resource) does not fit in ``max_bytes``.
     """
     budget = max_bytes - DELTA_HEADER_RESERVE
     parts: list[tuple[list[bytes], list[bytes], list[bytes], list[bytes]]] = []
@@ -313,7 +314,9 @@ def encode_delta_parts(
                  _encode_exemplars(p.exemplars)])
             for p in series
         ] + [(2, [_flat(e.attributes), e.count]) for e in events] + [
-            (3, [g.last_ns, [encode_held(h) for h in g.spans]]) for g in held
+            # One entry per span, not per group: a trace's spans may not fit one record,
+            # and the shard regroups them by trace anyway.
+            (3, [g.last_ns, [encode_held(h)]]) for g in held for h in g.spans
         ]  # fmt: skip
         for table, body in entries:
             entry_size = len(_packb([0xFFFF, *body]))  # the index at its widest (< 65536)
@@ -322,7 +325,7 @@ def encode_delta_parts(
                 parts.append(current)
                 current, size, index, extra = ([], [], [], []), 0, -1, len(packed_resource)
             if size + entry_size + extra > budget:
-                raise ValueError(f"one series needs {entry_size + extra} bytes, over {budget}")
+                raise ValueError(f"one entry needs {entry_size + extra} bytes, over {budget}")
             if index < 0:
                 current[0].append(packed_resource)
                 index = len(current[0]) - 1

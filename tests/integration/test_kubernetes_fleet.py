@@ -21,12 +21,12 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from spanmetrics.decode import decode_metrics
+from spanmetrics.dev.kubernetes import all_spans, as_request
 from spanmetrics.dev.synth import encode_request
 from spanmetrics.kafka.admin import ensure_topics
 from spanmetrics.model.attributes import any_value_to_str
 from tests.integration.test_fleet_exactness import Fleet
 from tests.kubernetes.oracle import expected
-from tests.kubernetes.spans import all_spans, as_request
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from spanmetrics.aggregate.points import MetricsSnapshot, metric_of
-from tests.kubernetes.spans import ROOT_CRI_CALLS, pod_syncs, requests
+from spanmetrics.dev.kubernetes import ROOT_CRI_CALLS, pod_syncs, requests
 
 #: kubelet_runtime_operations' operation_type of the CRI methods in the fixtures
 #: (pkg/kubelet/kuberuntime/instrumented_services.go).

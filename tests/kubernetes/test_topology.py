@@ -22,12 +22,7 @@ from spanmetrics.cli import main
 from spanmetrics.config.load import ConfigError, parse_topology
 from spanmetrics.config.model import Topology
 from spanmetrics.decode import decode_metrics
-from spanmetrics.dev.synth import encode_request
-from spanmetrics.export.otlp import snapshot_to_request
-from spanmetrics.export.prometheus.convert import PrometheusConverter
-from tests.clock import FakeClock
-from tests.kubernetes.oracle import assert_matches, expected, observed
-from tests.kubernetes.spans import (
+from spanmetrics.dev.kubernetes import (
     APISERVER_RESOURCE,
     VERSIONS,
     all_spans,
@@ -36,6 +31,11 @@ from tests.kubernetes.spans import (
     requests,
     traces,
 )
+from spanmetrics.dev.synth import encode_request
+from spanmetrics.export.otlp import snapshot_to_request
+from spanmetrics.export.prometheus.convert import PrometheusConverter
+from tests.clock import FakeClock
+from tests.kubernetes.oracle import assert_matches, expected, observed
 
 TOPOLOGY = Path(__file__).resolve().parents[2] / "topologies" / "kubernetes.yaml"
 

@@ -25,9 +25,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from spanmetrics.config.load import parse_topology
 from spanmetrics.config.model import Topology
+from spanmetrics.dev.kubernetes import all_spans, as_request
 from spanmetrics.model.attributes import any_value_to_str
 from tests.kubernetes.oracle import SUMS, expected
-from tests.kubernetes.spans import all_spans, as_request
 from tests.simulation.harness import Point, Record, sum_points
 from tests.simulation.simulation import (
     Run,

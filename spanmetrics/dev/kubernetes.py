@@ -1,4 +1,5 @@
-"""Realistic span sets of kube-apiserver and the kubelet, per Kubernetes version.
+"""Realistic span sets of kube-apiserver and the kubelet, per Kubernetes version: the test
+fixtures of ``topologies/kubernetes.yaml``, and the load ``make run`` sends with it.
 
 Built from what kubernetes/kubernetes asserts in
 ``test/integration/apiserver/tracing/tracing_test.go`` (span names, kinds, attributes and
@@ -15,7 +16,7 @@ nesting per release) and from the kubelet and CRI span shapes in
 - 1.37-dev: the new RPC keys (``rpc.system.name``, fully qualified ``rpc.method``,
   ``rpc.response.status_code``).
 
-Ids are derived from the version and case, so every build is the same.
+Ids are derived from the version, case and round, so every build of a round is the same.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
-
-from tests.builders import attrs
 
 INTERNAL, SERVER, CLIENT = 1, 2, 3
 UNSET, ERROR = 0, 2
@@ -35,9 +35,9 @@ UNSET, ERROR = 0, 2
 T0 = 1_764_460_800_000_000_000
 VERSIONS = ("1.29", "1.33", "1.35", "1.37")
 
-APISERVER_RESOURCE = {"service.name": "apiserver",
+APISERVER_RESOURCE: dict[str, object] = {"service.name": "apiserver",
                       "service.instance.id": "apiserver-7zq4v2bbmw5cetl4ov4bgbzvkm"}  # fmt: skip
-KUBELET_RESOURCE = {"service.name": "kubelet", "host.name": "node-1"}
+KUBELET_RESOURCE: dict[str, object] = {"service.name": "kubelet", "host.name": "node-1"}
 
 
 @dataclass
@@ -51,6 +51,17 @@ class Node:
     children: list[Node] = field(default_factory=list)
     status: int = UNSET
     events: tuple[str, ...] = ()
+
+
+def attrs(mapping: dict[str, object]) -> list[KeyValue]:
+    """OTLP attributes: ints as ints, everything else as strings."""
+    out = []
+    for key, value in mapping.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            out.append(KeyValue(key=key, value=AnyValue(int_value=value)))
+        else:
+            out.append(KeyValue(key=key, value=AnyValue(string_value=str(value))))
+    return out
 
 
 def _minor(version: str) -> int:
@@ -331,15 +342,18 @@ class Trace:
     spans: list[Span]
 
 
-def traces(version: str) -> list[Trace]:
-    """Every trace of a version's fixture, a second apart."""
+def traces(version: str, start_ns: int = T0, round_: int = 0) -> list[Trace]:
+    """Every trace of a version's fixture, a second apart from ``start_ns``; ``round_``
+    makes other ids (the load generator's rounds)."""
     out = []
     for i, request in enumerate(requests(version)):
         root = apiserver_trace(version, request)
-        out.append(Trace(APISERVER_RESOURCE, flatten(root, f"{version}/api/{i}", T0 + i * 10**9)))
+        spans = flatten(root, f"{version}/{round_}/api/{i}", start_ns + i * 10**9)
+        out.append(Trace(APISERVER_RESOURCE, spans))
     for i, root in enumerate(kubelet_traces(version)):
-        start = T0 + (100 + i) * 10**9
-        out.append(Trace(KUBELET_RESOURCE, flatten(root, f"{version}/kubelet/{i}", start)))
+        start = start_ns + (100 + i) * 10**9
+        spans = flatten(root, f"{version}/{round_}/kubelet/{i}", start)
+        out.append(Trace(KUBELET_RESOURCE, spans))
     return out
 
 
