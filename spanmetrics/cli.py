@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import random
 import sys
 import time
 from collections import Counter
@@ -31,6 +32,10 @@ from spanmetrics.decode import ENCODINGS, DecodeError
 from spanmetrics.decode.batch import PATH as READER_PATH
 from spanmetrics.export.otlp import encode_metrics, snapshot_to_request
 from spanmetrics.model.clock import SystemClock
+
+#: Kubernetes versions ``synth --kubernetes`` writes spans of (``spanmetrics.dev.kubernetes``;
+#: kept here so that ``--help`` needs no development module).
+KUBERNETES_VERSIONS = ("1.29", "1.33", "1.35", "1.37")
 
 #: Exit status when the run worked but some records were skipped as undecodable.
 EXIT_SKIPPED_RECORDS = 3
@@ -248,6 +253,19 @@ def cmd_synth(args: argparse.Namespace) -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     suffix = "json" if args.encoding == "otlp_json" else "pb"
+    if args.kubernetes:
+        from spanmetrics.dev.kubernetes import scattered
+        from spanmetrics.dev.synth import encode_request
+
+        requests = scattered(args.kubernetes, args.records, random.Random(args.seed))
+        for i, request in enumerate(requests):
+            (out / f"record-{i:06d}.{suffix}").write_bytes(encode_request(request, args.encoding))
+        print(
+            f"wrote {len(requests):,} records of Kubernetes {args.kubernetes} apiserver and "
+            f"kubelet spans to {out} (each trace's spans scattered over the records)",
+            file=sys.stderr,
+        )
+        return 0
     records = _records(args.records, args.spans_per_record, args.seed, args.encoding)
     for i, data in enumerate(records):
         (out / f"record-{i:06d}.{suffix}").write_bytes(data)
@@ -521,6 +539,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="record encoding (default otlp_proto)",
     )
     syn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    syn.add_argument(
+        "--kubernetes",
+        choices=KUBERNETES_VERSIONS,
+        metavar="VERSION",
+        help="instead of the shop: kube-apiserver and kubelet spans as Kubernetes VERSION "
+        f"emits them ({', '.join(KUBERNETES_VERSIONS)}), for topologies/kubernetes.yaml; "
+        "--records spreads each trace over that many records",
+    )
     syn.add_argument("--output-dir", required=True, metavar="DIR", help="directory to write to")
     syn.set_defaults(func=cmd_synth)
 

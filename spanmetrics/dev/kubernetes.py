@@ -22,6 +22,7 @@ Ids are derived from the version, case and round, so every build of a round is t
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -377,3 +378,15 @@ def all_spans(version: str) -> Iterator[tuple[dict[str, object], Span]]:
     for trace in traces(version):
         for span in trace.spans:
             yield trace.resource, span
+
+
+def scattered(version: str, records: int, rng: random.Random) -> list[ExportTraceServiceRequest]:
+    """The fixture as an exporter that does not partition by trace id may write it: every
+    span in a random one of ``records`` requests, in a random order (children before their
+    parents, a trace's spans in different records)."""
+    spans = list(all_spans(version))
+    rng.shuffle(spans)
+    buckets: list[list[tuple[dict[str, object], Span]]] = [[] for _ in range(records)]
+    for item in spans:
+        buckets[rng.randrange(records)].append(item)
+    return [as_request([(res, [s]) for res, s in bucket]) for bucket in buckets if bucket]

@@ -29,9 +29,9 @@ from spanmetrics.dev.kubernetes import (
     as_request,
     one_request,
     requests,
+    scattered,
     traces,
 )
-from spanmetrics.dev.synth import encode_request
 from spanmetrics.export.otlp import snapshot_to_request
 from spanmetrics.export.prometheus.convert import PrometheusConverter
 from tests.clock import FakeClock
@@ -71,44 +71,42 @@ def test_golden_metrics_per_version(version: str) -> None:
 
 
 def _shuffled_records(version: str, seed: int, records: int) -> list[Any]:
-    """Every span of the fixture in its own position, spread over ``records`` requests in a
-    random order: a trace's spans end up in different records, children before parents."""
-    rng = random.Random(seed)
-    spans = list(all_spans(version))
-    rng.shuffle(spans)
-    buckets: list[list[tuple[dict[str, object], Span]]] = [[] for _ in range(records)]
-    for item in spans:
-        buckets[rng.randrange(records)].append(item)
-    return [as_request([(res, [s]) for res, s in bucket]) for bucket in buckets if bucket]
+    return scattered(version, records, random.Random(seed))
 
 
-@pytest.mark.parametrize("version", ["1.29", "1.35"])
-def test_trace_split_across_input_files_still_joins(version: str, tmp_path: Path) -> None:
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for i, r in enumerate(_shuffled_records(version, seed=7, records=12)):
-        encoding = "otlp_json" if i % 2 else "otlp_proto"
-        (inputs / f"{i:03d}.{encoding}").write_bytes(encode_request(r, encoding))
-    out = tmp_path / "metrics.pb"
-    code = main(["aggregate", "--topology", str(TOPOLOGY), "--output", str(out),
-                 "--output-encoding", "otlp_proto", "--input-encoding", "otlp_proto",
-                 *sorted(str(p) for p in inputs.glob("*.otlp_proto"))])  # fmt: skip
-    assert code == 0
-    code = main(["aggregate", "--topology", str(TOPOLOGY), "--output", str(out) + ".json",
-                 "--output-encoding", "otlp_json", "--input-encoding", "otlp_json",
-                 *sorted(str(p) for p in inputs.glob("*.otlp_json"))])  # fmt: skip
-    assert code == 0
-    # Both halves together, in one engine, is the whole fixture.
-    e = engine()
-    from spanmetrics.decode import decode_traces
+def counts_in(request: Any) -> dict[str, dict[Any, int]]:
+    """Each metric's points in an OTLP request: labels -> count (sums and histograms)."""
+    out: dict[str, dict[Any, int]] = {}
+    for rm in request.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                field = m.WhichOneof("data")
+                points = getattr(m, field).data_points
+                for p in points:
+                    labels = tuple((kv.key, kv.value.string_value) for kv in p.attributes)
+                    value = p.as_int if field == "sum" else p.count
+                    out.setdefault(m.name, {})[labels] = value
+    return out
 
-    requests = [decode_traces(p.read_bytes(), p.suffix[1:]) for p in sorted(inputs.iterdir())]
-    assert_matches(run(e, requests), expected(version))
-    assert e.counters[ORPHANED] == 0
-    # The CLI's own output (the proto half) names the metrics as the table says.
-    names = {m.name for rm in decode_metrics(out.read_bytes(), "otlp_proto").resource_metrics
-             for sm in rm.scope_metrics for m in sm.metrics}  # fmt: skip
-    assert names <= set(expected(version))
+
+@pytest.mark.parametrize(
+    ("version", "encoding"), [("1.29", "otlp_json"), ("1.33", "otlp_proto"), ("1.35", "otlp_proto")]
+)
+def test_synth_then_aggregate_joins_traces_split_across_files(
+    version: str, encoding: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What the README tells a new user to run: spans scattered over 12 files.
+    inputs, out = tmp_path / "spans", tmp_path / "metrics.json"
+    assert main(["synth", "--kubernetes", version, "--records", "12", "--encoding", encoding,
+                 "--output-dir", str(inputs)]) == 0  # fmt: skip
+    assert len(list(inputs.iterdir())) == 12
+    args = ["--input-encoding", encoding, "--output", str(out), "--output-encoding", "otlp_json"]
+    assert main(["aggregate", "--topology", str(TOPOLOGY), *args, str(inputs)]) == 0
+    got = counts_in(decode_metrics(out.read_bytes(), "otlp_json"))
+    want = {m: {labels: s.calls for labels, s in streams.items()}
+            for m, streams in expected(version).items()}  # fmt: skip
+    assert got == want
+    assert "spans_join_orphaned" not in capsys.readouterr().err  # printed only when not 0
 
 
 @settings(max_examples=40, deadline=None)

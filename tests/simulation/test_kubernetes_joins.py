@@ -21,11 +21,10 @@ import yaml
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from spanmetrics.config.load import parse_topology
 from spanmetrics.config.model import Topology
-from spanmetrics.dev.kubernetes import all_spans, as_request
+from spanmetrics.dev.kubernetes import scattered
 from spanmetrics.model.attributes import any_value_to_str
 from tests.kubernetes.oracle import SUMS, expected
 from tests.simulation.harness import Point, Record, sum_points
@@ -67,20 +66,12 @@ def version_of(seed: int) -> str:
     return ("1.29", "1.33", "1.35", "1.37")[seed % 4]
 
 
-def scattered(seed: int) -> Any:
+def scattered_input(seed: int) -> Any:
     """Input: every span of the fixture in a random record of a random partition."""
 
     def make(rng: random.Random, config: SimConfig) -> list[tuple[int, Any]]:
-        spans: list[tuple[dict[str, object], Span]] = list(all_spans(version_of(seed)))
-        rng.shuffle(spans)
-        records: list[list[tuple[dict[str, object], Span]]] = [[] for _ in range(config.records)]
-        for item in spans:
-            records[rng.randrange(config.records)].append(item)
-        return [
-            (rng.randrange(config.partitions), as_request([(res, [s]) for res, s in record]))
-            for record in records
-            if record
-        ]
+        requests = scattered(version_of(seed), config.records, rng)
+        return [(rng.randrange(config.partitions), r) for r in requests]
 
     return make
 
@@ -130,7 +121,7 @@ def check_kubernetes(run: Run, version: str) -> list[str]:
 def run_kubernetes(seed: int) -> Run:
     """The seed's run (:func:`run_seed`), with the Kubernetes topology and input."""
     config = draw_config(random.Random(seed))  # the configuration run_seed draws first
-    return run_seed(seed, kubernetes_topology(config), scattered(seed))
+    return run_seed(seed, kubernetes_topology(config), scattered_input(seed))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
