@@ -14,7 +14,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from spanmetrics.aggregate.points import MetricsSnapshot, metric_of
-from spanmetrics.dev.kubernetes import ROOT_CRI_CALLS, pod_syncs, requests
+from spanmetrics.dev.kubernetes import KUBELET_RESOURCE, ROOT_CRI_CALLS, pod_syncs, requests
+
+#: The kubelet's node, a resource attribute on every kubelet metric.
+NODE = str(KUBELET_RESOURCE["host.name"])
 
 #: kubelet_runtime_operations' operation_type of the CRI methods in the fixtures
 #: (pkg/kubelet/kuberuntime/instrumented_services.go).
@@ -95,13 +98,14 @@ def expected(version: str, weight: int = 1, pods: bool = False) -> Expected:
                   ("operation", "CREATE"), ("rejected", rejected)),
                  hook.duration_ms / 1000, weight)  # fmt: skip
     for sync in pod_syncs():
-        _add(out, "k8s.kubelet.pod.sync.duration", (("operation_type", sync.update_type),),
+        _add(out, "k8s.kubelet.pod.sync.duration",
+             (("node", NODE), ("operation_type", sync.update_type)),
              sync.duration_ms / 1000, weight)  # fmt: skip
         identity: Labels = (
             (("k8s.namespace.name", sync.namespace), ("k8s.pod.name", sync.pod)) if pods else ()
         )
         for call in sync.calls:
-            labels = (("operation_type", OPERATION_TYPES[call.method]), *identity)
+            labels = (("node", NODE), ("operation_type", OPERATION_TYPES[call.method]), *identity)
             _add(out, "k8s.kubelet.runtime.operations.duration", labels,
                  call.duration_ms / 1000, weight)  # fmt: skip
             if call.code:
@@ -109,7 +113,7 @@ def expected(version: str, weight: int = 1, pods: bool = False) -> Expected:
     for call in ROOT_CRI_CALLS:
         none: Labels = (("k8s.namespace.name", ""), ("k8s.pod.name", "")) if pods else ()
         _add(out, "k8s.kubelet.runtime.operations.duration",
-             (("operation_type", OPERATION_TYPES[call.method]), *none),
+             (("node", NODE), ("operation_type", OPERATION_TYPES[call.method]), *none),
              call.duration_ms / 1000, weight)  # fmt: skip
     return out
 

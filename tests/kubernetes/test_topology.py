@@ -237,7 +237,7 @@ def test_output_names_kinds_and_units() -> None:
     assert metrics["k8s.apiserver.request.calls"].WhichOneof("data") == "sum"
     assert metrics["k8s.apiserver.request.calls"].sum.is_monotonic
     point = MessageToDict(metrics["k8s.kubelet.runtime.operations.errors"].sum.data_points[0])
-    assert {a["key"] for a in point["attributes"]} == {"operation_type"}  # no __name__
+    assert {a["key"] for a in point["attributes"]} == {"node", "operation_type"}  # no __name__
     names = {s.name for s in PrometheusConverter("", "s", "otel", "both").convert(request, 0)}
     assert {"k8s_apiserver_request_duration_seconds", "k8s_apiserver_request_calls_total",
             "k8s_etcd_request_duration_seconds", "k8s_kubelet_runtime_operations_errors_total",

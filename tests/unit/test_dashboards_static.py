@@ -18,20 +18,32 @@ KNOWN_METRICS = {
         "records_received_total", "spans_received_total", "spans_dropped_total",
         "records_dead_lettered_total", "checkpoint_errors_total", "metrics_records_sent_total",
         "series_active", "flush_duration_seconds", "checkpoint_age_seconds",
-        "partitions_owned", "consumer_lag",
+        "partitions_owned", "consumer_lag", "spans_joined_total", "spans_join_orphaned_total",
+        "spans_join_evicted_total",
+    )),
+    # topologies/kubernetes.yaml's metrics (derive.metrics, in seconds).
+    *(f"k8s_{n}" for n in (
+        "apiserver_request_calls_total", "apiserver_request_duration_seconds",
+        "apiserver_request_duration_seconds_bucket", "etcd_request_duration_seconds",
+        "apiserver_etcd_client_duration_seconds", "apiserver_admission_webhook_duration_seconds",
+        "kubelet_runtime_operations_duration_seconds", "kubelet_runtime_operations_errors_total",
+        "kubelet_pod_sync_duration_seconds",
     )),
 }  # fmt: skip
 PROMQL_WORDS = {
     "sum", "by", "rate", "increase", "histogram_quantile", "histogram_sum", "histogram_count",
-    "topk", "max", "label_values", "on", "and", "or", "without",
+    "topk", "max", "label_values", "on", "and", "or", "without", "histogram_count",
 }  # fmt: skip
 BUILTIN = {"__rate_interval", "__interval", "__range"}
+#: Labels of the Kubernetes topology's metrics that its dashboard groups by.
+KUBERNETES_LABELS = {"verb", "code", "resource", "le", "operation", "method", "name", "type",
+                     "operation_type", "node"}  # fmt: skip
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 
 
 def test_dashboards_are_valid_and_distinct() -> None:
     dashboards = load_dashboards()
-    assert set(dashboards) == {"red-overview", "service-drilldown", "fleet-health"}
+    assert set(dashboards) == {"red-overview", "service-drilldown", "fleet-health", "kubernetes"}
     uids = [d["uid"] for d in dashboards.values()]
     assert len(set(uids)) == len(uids)
     for d in dashboards.values():
@@ -62,6 +74,7 @@ def test_variables_are_defined_and_metrics_exist() -> None:
             names = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", stripped))
             metrics = {n for n in names if n not in PROMQL_WORDS and not n[0].isupper()}
             metrics -= {"service_name", "span_name", "reason", "instance", "partition"}
+            metrics -= KUBERNETES_LABELS
             assert metrics <= KNOWN_METRICS, (d["uid"], metrics - KNOWN_METRICS)
         filled = panel_queries(d, dict.fromkeys(defined, "x"))
         assert filled and all("$" not in expr for _, expr in filled)
