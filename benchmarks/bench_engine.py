@@ -20,6 +20,7 @@ import argparse
 import cProfile
 import gc
 import pstats
+import random
 import sys
 import time
 import tracemalloc
@@ -33,13 +34,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: 
     ExportTraceServiceRequest,
 )
 
+from spanmetrics.aggregate.derived import DerivedMetricsEngine  # noqa: E402
 from spanmetrics.aggregate.engine import SpanMetricsEngine  # noqa: E402
 from spanmetrics.config.load import load_topology, parse_topology  # noqa: E402
-from spanmetrics.config.model import SpanMetricsConfig  # noqa: E402
+from spanmetrics.config.model import SpanMetricsConfig, Topology  # noqa: E402
 from spanmetrics.decode import batch as batch_module  # noqa: E402
 from spanmetrics.decode import decode_traces  # noqa: E402
+from spanmetrics.dev.kubernetes import scattered  # noqa: E402
 from spanmetrics.dev.synth import SpanGenerator  # noqa: E402
 from spanmetrics.export.otlp import snapshot_to_request  # noqa: E402
+from spanmetrics.model.clock import SystemClock  # noqa: E402
 from spanmetrics.model.enums import span_kind_name, status_code_name  # noqa: E402
 from tests.clock import FakeClock  # noqa: E402
 
@@ -81,6 +85,28 @@ def run_engine(payload: list[bytes], config: SpanMetricsConfig, native: bool = T
         for record in payload:
             engine.consume(decode_traces(record, "otlp_proto"))
     snapshot_to_request(engine.flush()).SerializeToString()
+
+
+def kubernetes_payload(records: int) -> tuple[list[bytes], int]:
+    """Apiserver and kubelet spans (1.35) in records of about 500 spans: 50 copies of the
+    fixture at a time, each trace's spans scattered over 10 records."""
+    payload: list[bytes] = []
+    spans = 0
+    for batch in range(max(records // 10, 1)):
+        rng = random.Random(batch)
+        for request in scattered("1.35", 10, rng, rounds=50, first_round=batch * 50):
+            spans += sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            payload.append(request.SerializeToString())
+    return payload, spans
+
+
+def run_kubernetes(payload: list[bytes], topology: Topology) -> None:
+    assert topology.derive is not None
+    engine = DerivedMetricsEngine(topology.derive, topology.spanmetrics, SystemClock())
+    for value in payload:
+        engine.consume_record(value, "otlp_proto")
+    engine.finish()
+    engine.flush()
 
 
 def run_parse(payload: list[bytes]) -> None:
@@ -206,6 +232,10 @@ def main() -> int:
     }
     inputs = sdk_inputs(payload)
     t_sdk = best_of(max(1, args.repeat - 1), lambda: run_sdk(inputs))
+    k8s_payload, k8s_spans = kubernetes_payload(args.records)
+    k8s = load_topology(ROOT / "topologies" / "kubernetes.yaml")
+    t_k8s = best_of(args.repeat, lambda: run_kubernetes(k8s_payload, k8s))
+    t_k8s_parse = best_of(args.repeat, lambda: run_parse(k8s_payload))
     bytes_per_series = memory_per_series(args.series)
 
     def rate(t: float) -> float:
@@ -222,6 +252,11 @@ def main() -> int:
     print(
         f"(c) OTel SDK exponential histogram   {rate(t_sdk):>12,.0f} spans/s   "
         f"record() only, parse excluded"
+    )
+    print(
+        f"(d) topologies/kubernetes.yaml       {k8s_spans / t_k8s:>12,.0f} spans/s   "
+        f"{t_k8s / t_k8s_parse:.1f}x its bare parse ({k8s_spans / t_k8s_parse:,.0f} spans/s); "
+        "derived metrics and joins, plain Python"
     )
     print()
     red_name = next(n for n in times if n.startswith("topologies/red.yaml"))

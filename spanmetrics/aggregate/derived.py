@@ -37,6 +37,9 @@ from spanmetrics.model.enums import Temporality
 #: The unit of every derived histogram: Kubernetes' own metrics are in seconds.
 DERIVED_UNIT = "s"
 
+#: Points summed before they go to the registry (as the span-metrics engine buffers spans).
+APPLY_BATCH_POINTS = 4096
+
 # Counter names (self-telemetry labels).
 SPANS_RECEIVED = "spans_received"
 OTHER_SERVICES = "spans_other_services"
@@ -68,6 +71,8 @@ class PointSums:
         self._max_size = max_size
         self.by_resource: dict[bytes, dict[Attributes, list[object]]] = {}
         self.excluded = 0
+        #: Points added (before summing): when to hand them on.
+        self.added = 0
 
     def add(
         self,
@@ -87,6 +92,7 @@ class PointSums:
             return
         if weight <= 0:
             return  # stands for no span: it must not touch a histogram's range either
+        self.added += 1
         entry = self.by_resource.setdefault(resource, {}).get(labels)
         if entry is None:
             hist = ExpoHistogram(max_size=self._max_size) if metric.is_histogram else None
@@ -167,6 +173,9 @@ class DerivedMetricsEngine:
         self._events = self.rules.event_names
         self._attributes: dict[bytes, AttributeMap] = {}
         self._held: list[HeldGroup] = []
+        #: Points summed over several records before they reach the registry: its cost is
+        #: per series and record (a histogram merge), so it is paid once per many spans.
+        self._sums = PointSums(self.rules, self._max_size)
 
     @property
     def active_series(self) -> int:
@@ -189,7 +198,7 @@ class DerivedMetricsEngine:
         rules = self.rules
         total = count_spans(request)
         self.counters[SPANS_RECEIVED] += total
-        sums = PointSums(rules, self._max_size)
+        sums = self._sums
         released: list[Released] = []
         seen = 0
         for rs in read_facts(request, self._keys, self._events, rules.services):
@@ -219,10 +228,15 @@ class DerivedMetricsEngine:
                 released += self.join.add(raw, held, self._join_now(now))
         self.counters[OTHER_SERVICES] += total - seen
         release(sums, released, self._attributes)
-        self._apply(sums, now)
+        if sums.added >= APPLY_BATCH_POINTS:
+            self._apply_pending(now)
 
     def _join_now(self, now: int) -> int:
         return self._watermark_ns if self._event_time else now
+
+    def _apply_pending(self, now: int) -> None:
+        sums, self._sums = self._sums, PointSums(self.rules, self._max_size)
+        self._apply(sums, now)
 
     def _apply(self, sums: PointSums, now: int) -> None:
         self.counters[EXCLUDED] += sums.excluded
@@ -236,9 +250,8 @@ class DerivedMetricsEngine:
 
     def finish(self) -> None:
         """The end of the input: every span still waiting is emitted as an orphan."""
-        sums = PointSums(self.rules, self._max_size)
-        release(sums, self.join.finish(), self._attributes)
-        self._apply(sums, self.clock.now_ns())
+        release(self._sums, self.join.finish(), self._attributes)
+        self._apply_pending(self.clock.now_ns())
 
     def flush(self) -> MetricsSnapshot:
         """Build the points of this interval (cumulative or delta)."""
@@ -246,9 +259,8 @@ class DerivedMetricsEngine:
         if self._forward:
             self._held += self.join.drain()
         else:
-            sums = PointSums(self.rules, self._max_size)
-            release(sums, self.join.expire(self._join_now(now)), self._attributes)
-            self._apply(sums, now)
+            release(self._sums, self.join.expire(self._join_now(now)), self._attributes)
+        self._apply_pending(now)
         self.counters.update({k: v for k, v in self.join.counters.items()})
         self.join.counters = dict.fromkeys(self.join.counters, 0)
         registry = self.registry

@@ -42,6 +42,11 @@ class _Selector:
 
     def matches(self, span: SpanFacts, service: str) -> bool:
         """Whether every test of the selector holds for ``span`` of ``service``."""
+        return self.matches_shape(span, service) and self.attributes_hold(span)
+
+    def matches_shape(self, span: SpanFacts, service: str) -> bool:
+        """The tests that look at no attribute: service, kind, name, status, root. They
+        hold alike for every span of the same shape, so :class:`Rules` remembers them."""
         failed = (
             (self.services and service not in self.services)
             or (self.kinds and span.kind not in self.kinds)
@@ -50,9 +55,10 @@ class _Selector:
             or (self.statuses and span.status not in self.statuses)
             or (self.root is not None and self.root == bool(span.parent_span_id))
         )
-        return not failed and self._attributes_hold(span)
+        return not failed
 
-    def _attributes_hold(self, span: SpanFacts) -> bool:
+    def attributes_hold(self, span: SpanFacts) -> bool:
+        """Whether the attribute tests hold (true when there are none)."""
         for key, pattern, one_of, present in self.tests:
             value = self._lookup(span.attributes, key)
             if present is not None and (value is not None) != present:
@@ -87,6 +93,9 @@ class _Lookup:
         return (key, *self._aliases.get(key, ()))
 
 
+#: Span shapes remembered before the memo is cleared.
+_SHAPES_LIMIT = 10_000
+
 #: What a source yields when its join is expected and the partner never came.
 _ORPHAN = object()
 
@@ -95,6 +104,8 @@ _ORPHAN = object()
 class _Source:
     config: ValueSource
     pattern: re.Pattern[str] | None
+    kind: str
+    """Which of ``SOURCE_KINDS`` it reads (computed once: it is read per span)."""
 
 
 class CompiledMetric:
@@ -108,8 +119,8 @@ class CompiledMetric:
         self.select = _Selector(config.select, lookup)
         emitted = {k: r for k, r in config.attributes.items() if not r.opt_in or k in opt_in}
         self.attributes = [
-            (key, [_Source(s, re.compile(s.pattern) if s.pattern else None) for s in rule.sources],
-             rule.default)
+            (key, [_Source(s, re.compile(s.pattern) if s.pattern else None, s.source_kind)
+                   for s in rule.sources], rule.default)
             for key, rule in emitted.items()
         ]  # fmt: skip
         # A join that no emitted attribute reads (its attributes are opt-in and off) is
@@ -166,7 +177,7 @@ class CompiledMetric:
         orphan: bool,
     ) -> object:
         config = source.config
-        kind = config.source_kind
+        kind = source.kind
         value: str | None
         if kind == "span":
             value = self._lookup(span.attributes, config.span)  # type: ignore[arg-type]
@@ -240,6 +251,11 @@ class Rules:
         )
         self.has_joins = bool(joined)
         self.window_ns = round(config.join.window * 1e9)
+        #: Per span shape (service, name, kind, status, has a parent): what
+        #: :meth:`_shape` found.
+        self._shapes: dict[
+            tuple[str, str, int, int, bool], list[tuple[CompiledMetric, bool, bool, bool]]
+        ] = {}
         self.max_pending_spans = config.join.max_pending_spans
 
     @property
@@ -276,21 +292,42 @@ class Rules:
 
     def roles(self, span: SpanFacts, service: str) -> SpanRoles:
         """What ``span`` of ``service`` is to each metric."""
+        key = (service, span.name, span.kind, span.status, bool(span.parent_span_id))
+        shape = self._shapes.get(key)
+        if shape is None:
+            if len(self._shapes) >= _SHAPES_LIMIT:
+                self._shapes.clear()  # span names are bounded in practice; odd producers
+            shape = self._shapes[key] = self._shape(span, service)
         direct: list[int] = []
         waiting: list[int] = []
         partner_of: list[int] = []
         selected_by: list[int] = []
-        for metric in self.metrics:
-            if metric.select.matches(span, service):
+        for metric, selected, when_shape, partner in shape:
+            if selected and metric.select.attributes_hold(span):
                 if metric.partner is not None:
                     selected_by.append(metric.index)
-                if metric.expects_join(span, service):
-                    waiting.append(metric.index)
+                    when = metric.when
+                    expected = when is None or (when_shape and when.attributes_hold(span))
+                    (waiting if expected else direct).append(metric.index)
                 else:
                     direct.append(metric.index)
-            if metric.partner is not None and metric.partner.matches(span, service):
+            if partner and metric.partner is not None and metric.partner.attributes_hold(span):
                 partner_of.append(metric.index)
         return SpanRoles(tuple(direct), tuple(waiting), tuple(partner_of), tuple(selected_by))
+
+    def _shape(
+        self, span: SpanFacts, service: str
+    ) -> list[tuple[CompiledMetric, bool, bool, bool]]:
+        """Per metric that may concern spans of this shape: whether its selector, its
+        join's ``when`` and its partner selector match the shape."""
+        out = []
+        for m in self.metrics:
+            selected = m.select.matches_shape(span, service)
+            when = m.when is None or m.when.matches_shape(span, service)
+            partner = m.partner is not None and m.partner.matches_shape(span, service)
+            if selected or partner:
+                out.append((m, selected, when, partner))
+        return out
 
     def is_link(self, service: str) -> bool:
         """Whether spans of ``service`` may be on a path between join partners."""

@@ -55,7 +55,7 @@ DEFAULT_EVENTS_ENABLED: Final = False
 
 #: How long a span waits for its join partner (``derive.join.window``).
 DEFAULT_JOIN_WINDOW_S: Final = 30.0
-#: Spans held for joins at most (``derive.join.max_pending_spans``): about 300 bytes each.
+#: Spans held for joins at most (``derive.join.max_pending_spans``): about 1 kB each.
 DEFAULT_JOIN_MAX_PENDING_SPANS: Final = 100_000
 
 #: Naming profile of the Prometheus sinks.

@@ -380,13 +380,29 @@ def all_spans(version: str) -> Iterator[tuple[dict[str, object], Span]]:
             yield trace.resource, span
 
 
-def scattered(version: str, records: int, rng: random.Random) -> list[ExportTraceServiceRequest]:
+def scattered(
+    version: str, records: int, rng: random.Random, rounds: int = 1, first_round: int = 0
+) -> list[ExportTraceServiceRequest]:
     """The fixture as an exporter that does not partition by trace id may write it: every
     span in a random one of ``records`` requests, in a random order (children before their
-    parents, a trace's spans in different records)."""
-    spans = list(all_spans(version))
+    parents, a trace's spans in different records). ``rounds`` copies of the fixture, with
+    their own ids, share the records."""
+    spans = [
+        (trace.resource, span)
+        for round_ in range(first_round, first_round + rounds)
+        for trace in traces(version, round_=round_)
+        for span in trace.spans
+    ]
     rng.shuffle(spans)
     buckets: list[list[tuple[dict[str, object], Span]]] = [[] for _ in range(records)]
     for item in spans:
         buckets[rng.randrange(records)].append(item)
-    return [as_request([(res, [s]) for res, s in bucket]) for bucket in buckets if bucket]
+    out = []
+    for bucket in buckets:
+        if bucket:
+            # One ResourceSpans per resource in a record, as the Collector's exporter writes.
+            by_resource: dict[int, tuple[dict[str, object], list[Span]]] = {}
+            for res, span in bucket:
+                by_resource.setdefault(id(res), (res, []))[1].append(span)
+            out.append(as_request(list(by_resource.values())))
+    return out

@@ -283,3 +283,26 @@ def test_every_shipped_topology_survives_the_workers_overrides(path: Path) -> No
         )
         == loaded
     )
+
+
+def test_a_held_span_costs_about_a_kilobyte() -> None:
+    # README and the topology: "about 1 kB of memory each" (max_pending_spans' cost).
+    import tracemalloc
+
+    t = topology(join={"max_pending_spans": 1_000_000})
+    e = engine(t)
+    waiting = [
+        as_request([(tr.resource, [s for s in tr.spans if s.kind != 2])  # no SERVER span
+                    for tr in traces("1.35", round_=r) if tr.resource is APISERVER_RESOURCE])
+        for r in range(100)
+    ]  # fmt: skip
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for r in waiting:
+            e.consume(r)
+        grown = sum(d.size_diff for d in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    assert len(e.join) > 5000
+    assert 300 < grown / len(e.join) < 1200
