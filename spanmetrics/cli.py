@@ -18,14 +18,18 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
 from spanmetrics import __version__
-from spanmetrics.aggregate.derived import DerivedMetricsEngine
+from spanmetrics.aggregate.derived import DerivedMetricsEngine, derived_names
+from spanmetrics.aggregate.dimensions import metric_names
 from spanmetrics.aggregate.engine import SpanMetricsEngine
 from spanmetrics.aggregate.summary import (
     service_table_header,
     service_table_row,
     summarize_services,
 )
+from spanmetrics.aggregate.views import OutputPlan
 from spanmetrics.config.load import ConfigError, load_topology
 from spanmetrics.config.model import Topology
 from spanmetrics.decode import ENCODINGS, DecodeError
@@ -141,6 +145,20 @@ def _print_counters(counters: Counter[str], stream: TextIO) -> None:
         print(f"  {name}: {value:,}", file=stream)
 
 
+def output_plan(topology: Topology) -> OutputPlan:
+    """The topology's views, span filters and span-name rules, compiled."""
+    sm = topology.spanmetrics
+    if topology.derive is not None:
+        names = derived_names(sm)
+        derived = [m.name for m in topology.derive.metrics]
+    else:
+        names, derived = metric_names(sm), []
+    return OutputPlan(
+        topology.views, topology.span_filters, topology.span_names, names,
+        sm.histogram.max_size, derived,
+    )  # fmt: skip
+
+
 def cmd_aggregate(args: argparse.Namespace) -> int:
     """Aggregate record files into one ExportMetricsServiceRequest (one flush)."""
     topology = _load(args.topology)
@@ -169,7 +187,9 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         progress.update(len(files), engine.counters["spans_received"], force=True)
     if isinstance(engine, DerivedMetricsEngine):
         engine.finish()  # the end of the input: spans still waiting for a partner are orphans
-    snapshot = engine.flush()
+    plan = output_plan(topology)
+    snapshot = plan.apply(engine.flush(), engine.counters)
+    snapshot.names = plan.names
     _write_output(encode_metrics(snapshot_to_request(snapshot), output_encoding), args.output)
     print(
         f"{len(files):,} records, {sum(skipped.values()):,} skipped, "
@@ -182,6 +202,67 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         sys.stderr,
     )
     return EXIT_SKIPPED_RECORDS if skipped else 0
+
+
+def cmd_cardinality(args: argparse.Namespace) -> int:
+    """Active series per metric and service in a fleet's state, and what drives them."""
+    import asyncio
+
+    from spanmetrics.aggregate.cardinality import usage
+    from spanmetrics.aggregate.resources import service_name
+    from spanmetrics.state.codec import HistogramSpec, decode_resource_state, decode_series_state
+    from spanmetrics.state.store import RedisStateStore
+
+    topology = _load(args.topology) if args.topology else None
+    sm = topology.spanmetrics if topology is not None else None
+    state = args.state or (topology.state if topology is not None else "")
+    group = args.group or (topology.source.group if topology is not None else "")
+    if not state.startswith(("redis://", "rediss://", "unix://")) or not group:
+        print("cardinality: give --state redis://HOST:PORT/DB and --group (or --topology)",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    namespace = sm.namespace if sm is not None else "traces.span.metrics"
+    spec = HistogramSpec(sm.histogram.max_size if sm is not None else 160)
+
+    async def read() -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+        store = RedisStateStore(state, group)
+        try:
+            out = []
+            for shard in await store.stored_shards():
+                checkpoint = await store.load_shard(shard)
+                services = {}
+                for rid, blob in checkpoint.resources.items():
+                    raw, _ = decode_resource_state(blob)
+                    services[rid] = service_name(Resource.FromString(raw).attributes) or ""
+                for blob in checkpoint.series.values():
+                    rid, kind, labels, _ = decode_series_state(blob, spec)
+                    if kind == "series":
+                        out.append((services.get(rid, ""), labels))
+            return out
+        finally:
+            await store.close()
+
+    try:
+        series = asyncio.run(read())
+    except Exception as err:  # unreachable Redis: one line, no traceback
+        print(f"cardinality: cannot read --state {state}: {err}", file=sys.stderr)
+        return 1
+    report = usage(series, namespace or "span metrics")
+    limit = sm.aggregation_cardinality_limit if sm is not None else 0
+    print(f"{len(series):,} series in group {group!r}"
+          + (f"; limit {limit:,} series per resource" if limit else ""))  # fmt: skip
+    print(f"{'metric':<40} {'service':<20} {'series':>8} {'overflow':>8}  driver (distinct values)"
+          "   series without it / with it alone")  # fmt: skip
+    for u in report[: args.top]:
+        driver = u.driver()
+        if driver is None:
+            detail = "-"
+        else:
+            key, distinct = driver
+            detail = (f"{key} ({distinct:,})   {u.series_without(key):,} / "
+                      f"{u.series_with_only(key):,}")  # fmt: skip
+        print(f"{u.metric:<40} {u.service:<20} {u.series:>8,} {u.overflow:>8,}  {detail}")
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -512,6 +593,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file holding one record value, or a directory of such files read in name order",
     )
     agg.set_defaults(func=cmd_aggregate)
+
+    card = sub.add_parser(
+        "cardinality",
+        help="active series per metric and service, and which label drives them",
+        description="Read a fleet's state in Redis and show, per metric and service, the "
+        "active series, the overflow series, the label with the most distinct values, and "
+        "how many series there would be without that label, or with it as the only "
+        "configured dimension.",
+    )
+    card.add_argument("--topology", metavar="FILE", help="topology (its state, group, limit)")
+    card.add_argument(
+        "--state", metavar="URL", help="redis://HOST:PORT/DB (overrides the topology)"
+    )
+    card.add_argument("--group", help="consumer group (overrides the topology's)")
+    card.add_argument("--top", type=int, default=20, help="rows to show (default 20)")
+    card.set_defaults(func=cmd_cardinality)
 
     val = sub.add_parser(
         "validate",

@@ -16,6 +16,10 @@ PROVISIONING = ROOT / "compose" / "grafana" / "provisioning"
 VARIABLE = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
 
 
+#: The dashboard of ``topologies/kubernetes.yaml``'s metrics; the others read span metrics.
+KUBERNETES_DASHBOARD = "kubernetes"
+
+
 def load_dashboards() -> dict[str, dict[str, Any]]:
     """Every dashboard JSON by file stem."""
     return {p.stem: json.loads(p.read_text()) for p in sorted(DASHBOARDS.glob("*.json"))}

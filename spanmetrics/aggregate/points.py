@@ -133,6 +133,9 @@ class MetricNames:
     """Labels on one metric only."""
     copy_resource: bool = True
     """Whether output resources carry the spans' resource attributes."""
+    summaries: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    """Streams written as OTLP summaries (a view's ``summary`` aggregation), with their
+    quantiles: their series hold an exponential histogram."""
 
     @classmethod
     def for_namespace(cls, namespace: str, unit: str) -> MetricNames:

@@ -16,6 +16,7 @@ from spanmetrics.aggregate.points import (
     LabelSplit,
     ResourcePoints,
     SeriesPoint,
+    metric_of,
 )
 
 
@@ -26,7 +27,11 @@ def project(rp: ResourcePoints, split: LabelSplit) -> ResourcePoints:
         return rp
     calls: dict[Attributes, list[int]] = {}
     durations: dict[Attributes, tuple[int, int, Histogram | None, tuple[Exemplar, ...]]] = {}
+    named: list[SeriesPoint] = []
     for p in rp.series:
+        if metric_of(p.attributes) is not None:
+            named.append(p)  # a view's or a derived stream: its labels are already its own
+            continue
         labels = split.calls_labels(p.attributes)
         c = calls.get(labels)
         if c is None:
@@ -48,7 +53,7 @@ def project(rp: ResourcePoints, split: LabelSplit) -> ResourcePoints:
                 merge_histograms(d[2], p.duration),
                 latest_exemplars(d[3], p.exemplars, keep),
             )
-    series = [
+    series = named + [
         SeriesPoint(labels, start, end, count, None, (), "calls")
         for labels, (start, end, count) in calls.items()
     ]

@@ -26,6 +26,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from spanmetrics.aggregate.cumulative import Histogram, latest_exemplars, merge_histograms
 from spanmetrics.aggregate.dimensions import is_overflow, overflow_labels
+from spanmetrics.aggregate.explicit import ExplicitHistogram
 from spanmetrics.aggregate.points import (
     Attributes,
     EventsPoint,
@@ -125,6 +126,15 @@ class DeltaTaken:
     previous_sent_ns: list[int]
 
 
+def _same_aggregation(a: Histogram | None, b: Histogram | None) -> bool:
+    """Whether two histograms of a series can be merged (a sum has none)."""
+    if a is None or b is None:
+        return True
+    if isinstance(a, ExplicitHistogram) and isinstance(b, ExplicitHistogram):
+        return a.bounds == b.bounds
+    return type(a) is type(b)
+
+
 class SeriesRegistry:
     """Cumulative series of a shard, with their lifecycle (module docstring)."""
 
@@ -204,6 +214,10 @@ class SeriesRegistry:
                     res.admitted += 1
                 if state is None:
                     state = self._create(res, "series", labels, now_ns, seen_ns)
+            elif not _same_aggregation(state.duration, point.duration):
+                # A view changed the stream's aggregation: a new stream, with a new start
+                # time, never a merge of two kinds under one identity.
+                state = self._create(res, "series", labels, now_ns, seen_ns)
             self._add(
                 res, "series", labels, state, point.calls, point.duration, point.exemplars, seen_ns
             )

@@ -34,7 +34,9 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
 
 
 #: A message that already starts with the key path it is about (cross-key checks).
-_PATH_FIRST = re.compile(r"^(source|spanmetrics|sinks|state|derive)[\w.\[\]]*: ")
+_PATH_FIRST = re.compile(
+    r"^(source|spanmetrics|sinks|state|derive|views|span_filters|span_names)[\w.\[\]]*: "
+)
 
 
 #: A message of a check on a whole block that names the key inside the block it is about.

@@ -7,7 +7,6 @@ Defaults come from :mod:`spanmetrics.config.defaults`.
 from __future__ import annotations
 
 import difflib
-import itertools
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -19,10 +18,11 @@ from pydantic import (
 )
 
 from spanmetrics.config import defaults
-from spanmetrics.config.base import DurationSeconds
+from spanmetrics.config.base import DurationSeconds, increasing_bounds
 from spanmetrics.config.base import Strict as _Strict
 from spanmetrics.config.durations import parse_duration
 from spanmetrics.config.rules import DeriveConfig
+from spanmetrics.config.views import SpanFilters, SpanNameRule, View, check_views
 
 #: Record encodings of the Collector's Kafka exporter that we read and write.
 Encoding = Literal["otlp_proto", "otlp_json"]
@@ -119,14 +119,7 @@ class ExplicitHistogramConfig(_Strict):
         # `buckets:` with nothing under it, as `explicit:` alone: the connector's bounds.
         return defaults.DEFAULT_EXPLICIT_BUCKETS_MS if value is None else value
 
-    @field_validator("buckets")
-    @classmethod
-    def _increasing(cls, buckets: tuple[float, ...]) -> tuple[float, ...]:
-        if not buckets:
-            raise ValueError("at least one bucket bound is needed")
-        if any(b <= a for a, b in itertools.pairwise(buckets)):
-            raise ValueError(f"bounds must be strictly increasing, got {list(buckets)}")
-        return buckets
+    _increasing = field_validator("buckets")(increasing_bounds)
 
 
 class HistogramConfig(_Strict):
@@ -530,11 +523,26 @@ class Topology(_Strict):
     """Where metrics go; defaults to one Kafka sink on ``otlp_metrics``."""
     state: str = defaults.DEFAULT_STATE_URL
     """Durable state: ``redis://HOST:PORT/DB`` for a fleet, ``memory://`` for one process."""
+    views: tuple[View, ...] = ()
+    """Views: which streams the output holds, per metric (see ``config/views.py``)."""
+    span_filters: SpanFilters | None = None
+    """Spans left out of every metric, by kind and labels; each is counted by reason."""
+    span_names: tuple[SpanNameRule, ...] = ()
+    """Span name rewrites (ids and numbers in paths to ``{id}``), in order."""
     derive: DeriveConfig | None = None
     """Metrics derived from selected spans by rules, instead of the connector's calls and
     duration metrics (``topologies/kubernetes.yaml``). The ``spanmetrics`` block still
     sets temporality, flush interval, expirations, the cardinality limit and the
     exponential histogram's ``max_size``."""
+
+    @model_validator(mode="after")
+    def _views_fit(self) -> Topology:
+        prefix = f"{self.spanmetrics.namespace}." if self.spanmetrics.namespace else ""
+        instruments = [f"{prefix}calls", f"{prefix}duration"]
+        if self.derive is not None:
+            instruments += [m.name for m in self.derive.metrics]
+        check_views(self.views, instruments)
+        return self
 
     @model_validator(mode="after")
     def _derive_is_exponential(self) -> Topology:

@@ -10,13 +10,12 @@ Every regex is a Python regex matched from the start of the value (``re.match``)
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from spanmetrics.config import defaults
-from spanmetrics.config.base import DurationSeconds, Strict
+from spanmetrics.config.base import DurationSeconds, Strict, one_is_a_list, valid_regex
 from spanmetrics.model.enums import SPAN_KIND_NAMES, STATUS_CODE_NAMES
 
 #: Span kinds as rules write them: ``SERVER`` or ``SPAN_KIND_SERVER``.
@@ -28,18 +27,8 @@ _STATUSES = {name.removeprefix("STATUS_CODE_"): i for i, name in enumerate(STATU
 UNKNOWN = "unknown"
 
 
-def _tuple_of_str(value: object) -> object:
-    """One string where a list is expected means a list of one."""
-    return (value,) if isinstance(value, str) else value
-
-
-def _regex(pattern: str | None) -> str | None:
-    if pattern is not None:
-        try:
-            re.compile(pattern)
-        except re.error as err:
-            raise ValueError(f"invalid regex {pattern!r}: {err}") from None
-    return pattern
+_tuple_of_str = one_is_a_list
+_regex = valid_regex
 
 
 class AttributeTest(Strict):

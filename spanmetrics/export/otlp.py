@@ -185,8 +185,13 @@ def _fill_resource(rm: Any, rp: ResourcePoints, names: MetricNames, temporality:
             span_series.append(p)
         else:
             derived.setdefault(metric, []).append(replace(p, attributes=p.attributes[1:]))
+    summaries = dict(names.summaries)
     for metric, points in derived.items():
-        _add_derived(scope_metrics.metrics.add(name=metric), points, names.unit, temporality)
+        out = scope_metrics.metrics.add(name=metric)
+        if metric in summaries:
+            _add_summary(out, points, names.unit, summaries[metric])
+        else:
+            _add_derived(out, points, names.unit, temporality)
     calls = [p for p in span_series if p.role != "duration"]
     if calls:
         _add_sum(
@@ -216,6 +221,28 @@ def _add_derived(metric: Metric, points: list[SeriesPoint], unit: str, temporali
     else:
         metric.unit = unit
         _add_durations(metric, points, temporality)
+
+
+def _add_summary(
+    metric: Metric, points: list[SeriesPoint], unit: str, quantiles: tuple[float, ...]
+) -> None:
+    """A view's legacy summary: count, sum, and quantiles from the exponential histogram,
+    with min and max as the quantiles 0 and 1 (as the OTLP summary spells them)."""
+    metric.unit = unit
+    for series in points:
+        hist = series.duration
+        point = metric.summary.data_points.add()
+        _set_attributes(point.attributes, series.attributes)
+        point.start_time_unix_nano = series.start_time_unix_nano
+        point.time_unix_nano = series.time_unix_nano
+        if not isinstance(hist, ExpoHistogram):
+            continue
+        point.count = hist.count
+        point.sum = hist.sum
+        if not hist.count:
+            continue
+        for q in sorted({0.0, *quantiles, 1.0}):
+            point.quantile_values.add(quantile=q, value=hist.quantile(q))
 
 
 def _add_sum(

@@ -36,6 +36,7 @@ from spanmetrics.aggregate.engine import (
 from spanmetrics.aggregate.join import EVICTED, JOINED, ORPHANED
 from spanmetrics.aggregate.registry import SeriesRegistry
 from spanmetrics.aggregate.rules import Rules
+from spanmetrics.aggregate.views import OutputPlan
 from spanmetrics.config.defaults import DEFAULT_MAX_MESSAGE_BYTES
 from spanmetrics.config.model import Topology
 from spanmetrics.decode import REASONS as DECODE_REASONS
@@ -132,7 +133,14 @@ class Worker:
         self._delta_output = sm.is_delta
         self._key_attributes = frozenset(sm.resource_metrics_key_attributes)
         self._spec = HistogramSpec(sm.histogram.max_size, explicit_bounds(sm))
-        self.names = metric_names(sm) if topology.derive is None else derived_names(sm)
+        names = metric_names(sm) if topology.derive is None else derived_names(sm)
+        #: Views, span filters and span-name rules, applied to each cut's series.
+        self._plan = OutputPlan(
+            topology.views, topology.span_filters, topology.span_names, names,
+            sm.histogram.max_size,
+            [m.name for m in topology.derive.metrics] if topology.derive is not None else (),
+        )  # fmt: skip
+        self.names = self._plan.names
         #: The rules of a ``derive`` topology, shared by stage 1 and the shards' joins.
         self._rules = Rules(topology.derive) if topology.derive is not None else None
         self.source_topic = topology.source.topic
@@ -463,7 +471,7 @@ class Worker:
                 await self.store.save_cut(part.partition, part.epoch, cut)
                 now = self.clock.now_ns()
                 engine, started = part.close_interval(cut, now)
-            snapshot = engine.flush()
+            snapshot = self._plan.apply(engine.flush(), self.stats.counters)
             self.stats.counters.update(engine.counters)
             part.unsent = cut_records(
                 snapshot, engine.take_held(), part.partition, part.epoch, cut, (started, now),

@@ -15,9 +15,10 @@ after a crash (see :func:`encode_delta_parts`).
   entries ``[resource index, last_ns, [held span, ...]]`` (see :func:`encode_held`).
 - **Join buffer** of a shard (``derive``): ``[FORMAT, [[resource, last_ns, [held span,
   ...]], ...]]``, oldest group first.
-- Histograms: ``None``, ``[0, scale, zero_count, count, sum, min, max, offset, counts]``
-  (exponential) or ``[1, count, sum, min, max, counts]`` (explicit; the bounds are the
-  topology's). Labels: a flat list ``[key, value, key, value, ...]``.
+- Histograms: ``None``, ``[0, scale, zero_count, count, sum, min, max, offset, counts,
+  max_size]`` (exponential) or ``[1, count, sum, min, max, counts, bounds]`` (explicit);
+  without the last item (earlier state), the topology's. Labels: a flat list
+  ``[key, value, key, value, ...]``.
 
 Decoding errors are :class:`CodecError` naming the field.
 """
@@ -132,8 +133,9 @@ def encode_histogram(hist: Histogram | None) -> list[Any] | None:
             hist.max,
             hist.offset,
             hist.counts,
+            hist.max_size,
         ]
-    return [1, hist.count, hist.sum, hist.min, hist.max, hist.counts]
+    return [1, hist.count, hist.sum, hist.min, hist.max, hist.counts, list(hist.bounds)]
 
 
 def decode_histogram(value: Any, spec: HistogramSpec, what: str) -> Histogram | None:
@@ -141,16 +143,18 @@ def decode_histogram(value: Any, spec: HistogramSpec, what: str) -> Histogram | 
     if value is None:
         return None
     try:
+        # The bucket budget and bounds are stored since views choose them per stream;
+        # state written before that has the topology's.
         if value[0] == 0:
-            _, scale, zero, count, total, lo, hi, offset, counts = value
-            return ExpoHistogram(
-                spec.max_size, scale, zero, count, total, lo, hi, offset, list(counts)
-            )
+            _, scale, zero, count, total, lo, hi, offset, counts, *size = value
+            max_size = int(size[0]) if size else spec.max_size
+            return ExpoHistogram(max_size, scale, zero, count, total, lo, hi, offset, list(counts))
         if value[0] == 1:
-            if spec.bounds is None:
+            _, count, total, lo, hi, counts, *stored = value
+            bounds = tuple(float(b) for b in stored[0]) if stored else spec.bounds
+            if bounds is None:
                 raise CodecError(f"{what}.duration: explicit histogram, topology is exponential")
-            _, count, total, lo, hi, counts = value
-            return ExplicitHistogram(spec.bounds, list(counts), count, total, lo, hi)
+            return ExplicitHistogram(bounds, list(counts), count, total, lo, hi)
     except CodecError:
         raise
     except (TypeError, ValueError) as err:

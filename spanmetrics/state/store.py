@@ -330,6 +330,14 @@ class RedisStateStore:
         """See :meth:`StateStore.claim_shard`."""
         return int(await self._redis.hincrby(self._shard_key(shard), "epoch", 1))
 
+    async def stored_shards(self) -> list[int]:
+        """Shards with state in the store (for tools that read the fleet's state)."""
+        found = set()
+        async for key in self._redis.scan_iter(match=f"{self.prefix}:{{shard:*}}", count=1000):
+            text = key.decode() if isinstance(key, bytes) else str(key)
+            found.add(int(text.split("{shard:", 1)[1].split("}", 1)[0]))
+        return sorted(found)
+
     async def load_shard(self, shard: int) -> ShardCheckpoint:
         """See :meth:`StateStore.load_shard`."""
         async with self._redis.pipeline(transaction=True) as pipe:

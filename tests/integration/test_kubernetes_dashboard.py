@@ -4,7 +4,6 @@ return data, as the other dashboards' panels do in the fleet test."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,27 +16,17 @@ from spanmetrics.aggregate.derived import DERIVED_UNIT, DerivedMetricsEngine
 from spanmetrics.config.load import parse_topology
 from spanmetrics.dev.kubernetes import as_request, requests, traces
 from spanmetrics.export.otlp import snapshot_to_request
-from spanmetrics.export.prometheus import PrometheusConverter, RemoteWriteClient
+from spanmetrics.export.prometheus import PrometheusConverter
 from spanmetrics.export.prometheus.remote_write import encode_write_request
 from spanmetrics.fleet.telemetry import telemetry_request
 from tests.clock import FakeClock
-from tests.dashboards import load_dashboards, panel_queries
+from tests.dashboards import KUBERNETES_DASHBOARD, load_dashboards, panel_queries
 from tests.integration.prometheus import Prometheus
+from tests.integration.test_prometheus_remote_write import write
 
 pytestmark = pytest.mark.integration
 
 TOPOLOGY = Path(__file__).resolve().parents[2] / "topologies" / "kubernetes.yaml"
-
-
-def write(prom: Prometheus, body: bytes) -> None:
-    async def go() -> None:
-        client = RemoteWriteClient(f"{prom.url}/api/v1/write")
-        try:
-            await client.send(body)
-        finally:
-            await client.close()
-
-    asyncio.run(go())
 
 
 def test_every_kubernetes_panel_has_data(prometheus_factory: Any) -> None:
@@ -70,7 +59,7 @@ def test_every_kubernetes_panel_has_data(prometheus_factory: Any) -> None:
                  "__range": "10m"}  # fmt: skip
     empty = [
         f"{title}: {expr}"
-        for title, expr in panel_queries(load_dashboards()["kubernetes"], variables)
+        for title, expr in panel_queries(load_dashboards()[KUBERNETES_DASHBOARD], variables)
         if not prom.query(expr, at)
     ]
     assert not empty, "panels without data:\n" + "\n".join(empty)

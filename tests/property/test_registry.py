@@ -76,7 +76,7 @@ def engine(dimensions: bool = False) -> SpanMetricsEngine:
 def through_records(snapshot: MetricsSnapshot, max_bytes: int = 1 << 20) -> MetricsSnapshot:
     """A stage-1 snapshot as the shard owner reads it: encoded into records, decoded."""
     resources = [
-        (rp.resource.SerializeToString(), rp.series, rp.events) for rp in snapshot.resources
+        (rp.resource.SerializeToString(), rp.series, rp.events, ()) for rp in snapshot.resources
     ]
     header = CutHeader(0, 1, 0, 1, 0, 1, 0, 0)
     out = MetricsSnapshot(NAMES, snapshot.temporality, 0, [])
@@ -202,7 +202,7 @@ def test_a_cut_is_split_by_its_content_only(specs: list[Any], max_bytes: int, ep
     e.consume(build(specs))
     snapshot = e.flush()
     resources = [
-        (rp.resource.SerializeToString(), rp.series, rp.events) for rp in snapshot.resources
+        (rp.resource.SerializeToString(), rp.series, rp.events, ()) for rp in snapshot.resources
     ]
     first = encode_delta_parts(CutHeader(3, 1, 10, 20, 0, 1, 5, 6), resources, max_bytes)
     again = encode_delta_parts(CutHeader(3, epoch, 10, 20, 0, 1, 7**9, 8**9), resources, max_bytes)

@@ -30,7 +30,7 @@ from spanmetrics.export.prometheus.names import (
     metric_name_with_unit,
 )
 from spanmetrics.export.prometheus.series import Kind, Labels, PromExemplar, Series
-from spanmetrics.model.attributes import any_value_to_str
+from spanmetrics.model.attributes import any_value_to_str, format_double
 
 #: Resource attributes that become ``job`` and ``instance`` instead of ``target_info`` labels.
 _IDENTITY_KEYS = frozenset({"service.name", "service.namespace", "service.instance.id"})
@@ -133,6 +133,18 @@ class PrometheusConverter:
                     sum=p.sum, exemplars=_exemplars(p.exemplars),
                     start_ns=p.start_time_unix_nano,
                 )  # fmt: skip
+        elif field == "summary":
+            # Summaries are cumulative by definition in OTLP (they have no temporality).
+            name = span_name or metric_name_with_unit(metric.name, metric.unit)
+            for p in metric.summary.data_points:
+                labels = self._labels(identity, p.attributes, False)
+                start = p.start_time_unix_nano
+                for qv in p.quantile_values:
+                    quantile = _sorted([*labels, ("quantile", format_double(qv.quantile))])
+                    yield Series(name, "gauge", quantile, ts, value=qv.value)
+                yield Series(f"{name}_sum", "counter", labels, ts, value=p.sum, start_ns=start)
+                yield Series(f"{name}_count", "counter", labels, ts, value=float(p.count),
+                             start_ns=start)  # fmt: skip
         elif field == "histogram":
             _require_cumulative(metric, metric.histogram.aggregation_temporality)
             name = span_name or metric_name_with_unit(metric.name, metric.unit)
