@@ -20,16 +20,15 @@ from typing import TextIO
 
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from spanmetrics import __version__
-from spanmetrics.aggregate.derived import DerivedMetricsEngine, derived_names
-from spanmetrics.aggregate.dimensions import metric_names
+from spanmetrics import __version__, cli_views
+from spanmetrics.aggregate.derived import DerivedMetricsEngine
 from spanmetrics.aggregate.engine import SpanMetricsEngine
 from spanmetrics.aggregate.summary import (
     service_table_header,
     service_table_row,
     summarize_services,
 )
-from spanmetrics.aggregate.views import OutputPlan
+from spanmetrics.aggregate.views import output_plan
 from spanmetrics.config.load import ConfigError, load_topology
 from spanmetrics.config.model import Topology
 from spanmetrics.decode import ENCODINGS, DecodeError
@@ -143,20 +142,6 @@ def _write_output(data: bytes, output: str) -> None:
 def _print_counters(counters: Counter[str], stream: TextIO) -> None:
     for name, value in sorted(counters.items()):
         print(f"  {name}: {value:,}", file=stream)
-
-
-def output_plan(topology: Topology) -> OutputPlan:
-    """The topology's views, span filters and span-name rules, compiled."""
-    sm = topology.spanmetrics
-    if topology.derive is not None:
-        names = derived_names(sm)
-        derived = [m.name for m in topology.derive.metrics]
-    else:
-        names, derived = metric_names(sm), []
-    return OutputPlan(
-        topology.views, topology.span_filters, topology.span_names, names,
-        sm.histogram.max_size, derived,
-    )  # fmt: skip
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
@@ -593,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file holding one record value, or a directory of such files read in name order",
     )
     agg.set_defaults(func=cmd_aggregate)
+
+    cli_views.add_parser(sub)
 
     card = sub.add_parser(
         "cardinality",

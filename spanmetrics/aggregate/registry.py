@@ -118,6 +118,15 @@ class _Unsent:
     exemplars: tuple[Exemplar, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class StreamMark:
+    """The series of a registry at one moment (:meth:`SeriesRegistry.mark`)."""
+
+    keys: list[tuple[ResourceIdentity, Attributes]]
+    version: int
+    """The registry's change counter then: a series changed after it has a larger one."""
+
+
 @dataclass(slots=True)
 class DeltaTaken:
     """Delta points taken for publishing, until they are known to be stored or not."""
@@ -391,6 +400,34 @@ class SeriesRegistry:
                 if not res.series and not res.events:
                     self._remove_resource(identity, res)
         return removed
+
+    def mark(self) -> StreamMark:
+        """Every call/duration series now: what :meth:`end` ends later."""
+        keys = [(identity, labels) for identity, res in self.resources.items()
+                for labels in res.series]  # fmt: skip
+        return StreamMark(keys, self._version)
+
+    def end(self, mark: StreamMark) -> int:
+        """Remove the marked series that got no point since the mark (their streams ended
+        at a views change); returns how many. A series that did get one is a stream the new
+        views make under the same identity: it goes on."""
+        ended = 0
+        for identity, labels in mark.keys:
+            res = self.resources.get(identity)
+            if res is None or labels not in res.series:
+                continue
+            sid = series_id(res.rid, "series", labels)
+            dirty = self._dirty.get(sid)
+            if dirty is not None and dirty[1] > mark.version:
+                continue
+            del res.series[labels]
+            self._forget(res.rid, "series", labels)
+            if not is_overflow(labels):
+                res.admitted -= 1
+            ended += 1
+            if not res.series and not res.events:
+                self._remove_resource(identity, res)
+        return ended
 
     def _remove_resource(
         self, identity: ResourceIdentity, res: ResourceState

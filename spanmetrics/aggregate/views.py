@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from spanmetrics.aggregate.cumulative import Histogram, merge_histograms
+from spanmetrics.aggregate.derived import derived_names
+from spanmetrics.aggregate.dimensions import metric_names
 from spanmetrics.aggregate.explicit import ExplicitHistogram, bucket_of
 from spanmetrics.aggregate.expohist import ExpoHistogram, merge
 from spanmetrics.aggregate.points import (
@@ -30,6 +32,7 @@ from spanmetrics.aggregate.points import (
     metric_of,
 )
 from spanmetrics.aggregate.rules import _Lookup, _Selector
+from spanmetrics.config.model import Topology
 from spanmetrics.config.rules import SpanSelector
 from spanmetrics.config.views import (
     KIND_LABEL,
@@ -164,14 +167,21 @@ class OutputPlan:
             return snapshot
         out: list[ResourcePoints] = []
         for rp in snapshot.resources:
-            streams: dict[Attributes, SeriesPoint] = {}
-            for point in rp.series:
-                for labels, stream in self._streams(point, counters):
-                    previous = streams.get(labels)
-                    streams[labels] = stream if previous is None else _add(previous, stream)
+            streams = self.project(rp.series, counters)
             if streams or rp.events:
-                out.append(ResourcePoints(rp.resource, list(streams.values()), rp.events))
+                out.append(ResourcePoints(rp.resource, streams, rp.events))
         return MetricsSnapshot(snapshot.names, snapshot.temporality, snapshot.time_unix_nano, out)
+
+    def project(self, points: Iterable[SeriesPoint], counters: Counter[str]) -> list[SeriesPoint]:
+        """The streams of one resource's series (``points`` itself when nothing applies)."""
+        if not self.active:
+            return list(points)
+        streams: dict[Attributes, SeriesPoint] = {}
+        for point in points:
+            for labels, stream in self._streams(point, counters):
+                previous = streams.get(labels)
+                streams[labels] = stream if previous is None else _add(previous, stream)
+        return list(streams.values())
 
     def _streams(
         self, point: SeriesPoint, counters: Counter[str]
@@ -313,3 +323,17 @@ def explicit_from_exponential(hist: Histogram, bounds: tuple[float, ...]) -> Exp
     lo = hist.min if hist.count else math.inf
     hi = hist.max if hist.count else -math.inf
     return ExplicitHistogram(bounds, counts, hist.count, hist.sum, lo, hi)
+
+
+def output_plan(topology: Topology) -> OutputPlan:
+    """A topology's views, span filters and span-name rules, compiled."""
+    sm = topology.spanmetrics
+    if topology.derive is not None:
+        names = derived_names(sm)
+        derived = [m.name for m in topology.derive.metrics]
+    else:
+        names, derived = metric_names(sm), []
+    return OutputPlan(
+        topology.views, topology.span_filters, topology.span_names, names,
+        sm.histogram.max_size, derived,
+    )  # fmt: skip

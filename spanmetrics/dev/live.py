@@ -186,7 +186,8 @@ def render(view: FleetView, status: str = "", top: int = 10) -> str:
             f"partitions {int(readings.get('partitions_owned', 0))}  "
             f"shards {int(readings.get('shards_owned', 0))}  "
             f"lag {int(readings.get('consumer_lag', 0)):,}  "
-            f"flush {readings.get('flush_duration_seconds', 0.0) * 1e3:.0f}ms"
+            f"flush {readings.get('flush_duration_seconds', 0.0) * 1e3:.0f}ms  "
+            f"views v{int(readings.get('views_version', 0))}"
         )
     if status:
         lines += ["", status]

@@ -35,6 +35,9 @@ from spanmetrics.fleet.worker import INTERNAL_MAX_RECORD_BYTES, Headers, Worker
 from spanmetrics.kafka.admin import ensure_topics, topic_partitions
 from spanmetrics.net import find_free_port
 
+#: Seconds between two reads of the fleet's control document (views).
+CONTROL_POLL_S = 1.0
+
 log = logging.getLogger("spanmetrics.worker")
 
 #: Largest fetch per partition: OTLP records from the Collector's exporter can be large.
@@ -135,6 +138,9 @@ class _App(faust.App):
     async def on_start(self) -> None:
         await self.spanmetrics_sender.start()
         await self.spanmetrics_worker.prometheus.start()
+        # The fleet's current views before any shard is taken (none to switch yet).
+        await self.spanmetrics_worker.refresh_control()
+        self.spanmetrics_worker.adopt_control()
         await super().on_start()
 
     async def on_stop(self) -> None:
@@ -197,8 +203,15 @@ def build_app(worker: Worker, n_shards: int, datadir: str) -> faust.App:
     async def flush() -> None:
         await worker.flush()
 
+    async def poll_control() -> None:
+        # A new views version takes effect at a flush: flush now rather than at the next
+        # tick, so that the fleet runs it within seconds.
+        if await worker.refresh_control():
+            await worker.flush()
+
     # faust's timer decorator is untyped; registering through it keeps mypy strict here.
     app.timer(topology.spanmetrics.metrics_flush_interval)(flush)
+    app.timer(CONTROL_POLL_S)(poll_control)
 
     app.spanmetrics_topics = (source.topic, worker.deltas_topic)
 

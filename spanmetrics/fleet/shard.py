@@ -15,6 +15,7 @@ is exact through a crash or a move like every count.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -30,10 +31,12 @@ from spanmetrics.aggregate.registry import (
     Changes,
     DeltaTaken,
     SeriesRegistry,
+    StreamMark,
     series_id,
 )
 from spanmetrics.aggregate.resources import ResourceIdentity, resource_identity
 from spanmetrics.aggregate.rules import Rules
+from spanmetrics.aggregate.views import OutputPlan
 from spanmetrics.decode.facts import AttributeMap
 from spanmetrics.fleet.output import KafkaOutput
 from spanmetrics.state.codec import (
@@ -119,10 +122,22 @@ class ShardOwner:
         spec: HistogramSpec,
         key_attributes: frozenset[str],
         join: ShardJoin | None = None,
+        plan: OutputPlan | None = None,
     ) -> None:
         self.shard = shard
         #: The joins of a ``derive`` topology.
         self.join = join
+        #: Views, span filters and span-name rules: they make the shard's streams out of
+        #: the full-resolution deltas stage 1 sends. The worker swaps it, live, right after
+        #: a flush, so that each flush's points come from one version.
+        self.plan = plan
+        #: Spans filtered or renamed by the plan since the last flush (for telemetry).
+        self.counters: Counter[str] = Counter()
+        #: Version of the control document the plan comes from (0: the topology's).
+        self.plan_version = 0
+        #: Streams of the previous views, to end once a checkpoint after the switch is
+        #: stored (they were published with their last values by then).
+        self._ending: StreamMark | None = None
         self.epoch = epoch
         self.registry = registry
         self._spec = spec
@@ -150,6 +165,7 @@ class ShardOwner:
             CodecError: stored state that cannot be read.
         """
         self.next_offset = checkpoint.offset or 0
+        self.plan_version = checkpoint.views_version
         self.applied = dict(checkpoint.applied)
         self.pending = list(checkpoint.pending)
         self.registry.restore_stamp(checkpoint.stamp)
@@ -204,8 +220,9 @@ class ShardOwner:
             if resolved is None:
                 continue
             identity, resource = resolved
+            points = self.plan.project(series[i], self.counters) if self.plan else series[i]
             overflowed += self.registry.apply(
-                identity, resource, series[i], events[i], now_ns, head.interval_end_ns
+                identity, resource, points, events[i], now_ns, head.interval_end_ns
             )
         if self.join is not None and record.held:
             sums = self.join.add([group for _, group in record.held], now_ns)
@@ -219,7 +236,8 @@ class ShardOwner:
             resolved = self._resource(raw)
             if resolved is not None:
                 identity, resource = resolved
-                overflowed += self.registry.apply(identity, resource, points, (), now_ns, seen_ns)
+                streams = self.plan.project(points, self.counters) if self.plan else points
+                overflowed += self.registry.apply(identity, resource, streams, (), now_ns, seen_ns)
         return overflowed
 
     def _resource(self, raw: bytes) -> tuple[ResourceIdentity, Resource] | None:
@@ -300,12 +318,28 @@ class ShardOwner:
             pending=pending,
             stamp=stamp_ns,
             join=join_blob,
+            views_version=self.plan_version,
         )
         return PreparedFlush(write, changes, taken, removed, cumulative, outputs)
+
+    def switch(self, plan: OutputPlan, version: int) -> None:
+        """Run views ``version`` from now on: deltas applied after this make its streams.
+        Call it with no delta applied since the last :meth:`prepare` (or at takeover): the
+        streams there are now all the old views', and end after the next stored flush."""
+        self._ending = self.registry.mark()
+        self.plan = plan
+        self.plan_version = version
+        self.registry.names = plan.names
 
     def stored(self, prepared: PreparedFlush) -> None:
         """The prepared checkpoint is in the store."""
         self.registry.committed(prepared.changes)
+        if self._ending is not None:
+            # The first flush stored since the switch: prepared before it (a live switch)
+            # or with the restored state (a takeover), it holds the old streams' last
+            # points. They end now; their removal goes with the next checkpoint.
+            self.registry.end(self._ending)
+            self._ending = None
         self.pending = list(prepared.write.pending)
         self._unsaved_finals = []
 

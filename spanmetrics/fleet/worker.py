@@ -24,8 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from spanmetrics.aggregate.derived import DerivedMetricsEngine, derived_names
-from spanmetrics.aggregate.dimensions import metric_names
+from spanmetrics.aggregate.derived import DerivedMetricsEngine
 from spanmetrics.aggregate.engine import (
     CARDINALITY_OVERFLOW,
     DROPPED_MISSING_SERVICE_NAME,
@@ -36,8 +35,10 @@ from spanmetrics.aggregate.engine import (
 from spanmetrics.aggregate.join import EVICTED, JOINED, ORPHANED
 from spanmetrics.aggregate.registry import SeriesRegistry
 from spanmetrics.aggregate.rules import Rules
-from spanmetrics.aggregate.views import OutputPlan
+from spanmetrics.aggregate.views import OutputPlan, output_plan
+from spanmetrics.config.control import with_control
 from spanmetrics.config.defaults import DEFAULT_MAX_MESSAGE_BYTES
+from spanmetrics.config.load import ConfigError
 from spanmetrics.config.model import Topology
 from spanmetrics.decode import REASONS as DECODE_REASONS
 from spanmetrics.decode import DecodeError
@@ -133,13 +134,13 @@ class Worker:
         self._delta_output = sm.is_delta
         self._key_attributes = frozenset(sm.resource_metrics_key_attributes)
         self._spec = HistogramSpec(sm.histogram.max_size, explicit_bounds(sm))
-        names = metric_names(sm) if topology.derive is None else derived_names(sm)
-        #: Views, span filters and span-name rules, applied to each cut's series.
-        self._plan = OutputPlan(
-            topology.views, topology.span_filters, topology.span_names, names,
-            sm.histogram.max_size,
-            [m.name for m in topology.derive.metrics] if topology.derive is not None else (),
-        )  # fmt: skip
+        #: Views, span filters and span-name rules, applied by the shards: the topology's,
+        #: until a control document (``spanmetrics views apply``) replaces them.
+        self._plan = output_plan(topology)
+        #: Version of the control document in force; 0: the topology's own views.
+        self.views_version = 0
+        self._next_plan: tuple[int, OutputPlan] | None = None
+        self._control_unreachable = False
         self.names = self._plan.names
         #: The rules of a ``derive`` topology, shared by stage 1 and the shards' joins.
         self._rules = Rules(topology.derive) if topology.derive is not None else None
@@ -215,7 +216,11 @@ class Worker:
             delta_output=self._delta_output,
         )
         join = ShardJoin(self._rules, sm.histogram.max_size) if self._rules is not None else None
-        return ShardOwner(shard, epoch, registry, self._spec, self._key_attributes, join)
+        owner = ShardOwner(
+            shard, epoch, registry, self._spec, self._key_attributes, join, self._plan
+        )
+        owner.plan_version = self.views_version
+        return owner
 
     # ------------------------------------------------------------------ consume
 
@@ -356,6 +361,9 @@ class Worker:
             owner.restore(await self.store.load_shard(s))
         # Nothing newer than the checkpoint taken over was ever published.
         owner.taken_at_ns = owner.registry.last_stamp_ns
+        if owner.plan_version != self.views_version:
+            # Made with other views: published once more as they are, then ended.
+            owner.switch(self._plan, self.views_version)
         self._shards[s] = owner
         # Always committed, even with no checkpoint (from 0): the internal topic must be
         # read from its start whatever ``source.initial_offset`` says.
@@ -471,7 +479,7 @@ class Worker:
                 await self.store.save_cut(part.partition, part.epoch, cut)
                 now = self.clock.now_ns()
                 engine, started = part.close_interval(cut, now)
-            snapshot = self._plan.apply(engine.flush(), self.stats.counters)
+            snapshot = engine.flush()  # full resolution: the shards apply the views
             self.stats.counters.update(engine.counters)
             part.unsent = cut_records(
                 snapshot, engine.take_held(), part.partition, part.epoch, cut, (started, now),
@@ -516,6 +524,13 @@ class Worker:
             )
             if owner.join is not None:
                 self.stats.counters.update(owner.join.take_counters())
+            self.stats.counters.update(owner.counters)
+            owner.counters.clear()
+            if owner.plan_version != self.views_version:
+                # The flush boundary of a new views version (no await since prepare): the
+                # points above are all the old views', deltas applied from now on make the
+                # new ones' streams.
+                owner.switch(self._plan, self.views_version)
             try:
                 # The fence of every publish: nothing below happens unless this worker
                 # still owns the shard.
@@ -551,10 +566,52 @@ class Worker:
 
     # -------------------------------------------------------------------- flush
 
+    async def refresh_control(self) -> bool:
+        """Read the fleet's control document; True when a newer valid version was found
+        (it takes effect at each shard's next flush: call :meth:`flush`).
+
+        While the store is unreachable the worker keeps the version it runs. A version that
+        does not fit this worker's topology is skipped, logged and counted.
+        """
+        try:
+            control = await self.store.load_control()
+        except Exception as err:
+            if not self._control_unreachable:
+                log.warning("%s: control document unreadable, keeping views version %d: %r",
+                            self.worker_id, self.views_version, err)  # fmt: skip
+            self._control_unreachable = True
+            self.stats.counters["control_errors"] += 1
+            return False
+        self._control_unreachable = False
+        pending = self._next_plan[0] if self._next_plan else self.views_version
+        if control is None or control.version <= pending:
+            return False
+        try:
+            topology = with_control(self.topology, control.document, f"views v{control.version}")
+            plan = output_plan(topology)
+        except (ConfigError, ValueError) as err:
+            log.error("%s: views version %d rejected, keeping %d: %s", self.worker_id,
+                      control.version, self.views_version, err)  # fmt: skip
+            self.stats.counters["control_rejected"] += 1
+            self.views_version = control.version  # not retried: the next version may fit
+            return False
+        self._next_plan = (control.version, plan)
+        log.info("%s: views version %d received", self.worker_id, control.version)
+        return True
+
+    def adopt_control(self) -> None:
+        """Run the version :meth:`refresh_control` found; shards switch after their next
+        flush (a shard created from now on starts with it)."""
+        if self._next_plan is not None:
+            self.views_version, self._plan = self._next_plan
+            self._next_plan = None
+            self.names = self._plan.names
+
     async def flush(self) -> None:
         """Cut every owned input partition, then checkpoint and publish every owned shard."""
         started = time.perf_counter()
         async with self._lock:
+            self.adopt_control()  # every shard switches right after its flush below
             # The stamp of the worker's own telemetry. Each shard's points are stamped when
             # its checkpoint is prepared, before the fence check (ShardOwner.prepare).
             stamp = self.clock.now_ns()
@@ -624,6 +681,7 @@ class Worker:
                 "checkpoint_age_seconds": max(age, 0.0),
                 "partitions_owned": float(len(self._partitions)),
                 "shards_owned": float(len(self._shards)),
+                "views_version": float(self.views_version),
             },
             {"consumer_lag": self.consumer_lag()},
             self._started_ns,

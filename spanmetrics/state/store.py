@@ -21,6 +21,8 @@ or not at all, and never from a worker that lost the partition or shard.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 from urllib.parse import urlparse
@@ -45,6 +47,16 @@ return 1
 #: five counts (meta pairs, series pairs, series deletions, resource pairs, resource
 #: deletions), then the items in that order. Fields are written in chunks: ``unpack`` of
 #: too many values at once overflows Lua's stack.
+#: The next version of the control document and its audit entry, in one step.
+_SAVE_CONTROL = """
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'document', ARGV[1])
+local entry = cjson.decode(ARGV[2])
+entry['version'] = version
+redis.call('RPUSH', KEYS[2], cjson.encode(entry))
+return version
+"""
+
 _SAVE_SHARD = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
 local i = 7
@@ -101,6 +113,8 @@ class ShardCheckpoint:
     """Time of the last points published by the shard (a new owner publishes after it)."""
     join: bytes = b""
     """The shard's join buffer (``derive``), whole; empty when it has none."""
+    views_version: int = 0
+    """Version of the fleet's views the shard's streams were made with (0: the topology's)."""
 
 
 @dataclass(slots=True)
@@ -120,6 +134,8 @@ class ShardWrite:
     """Time of the points this flush publishes."""
     join: bytes | None = None
     """The shard's whole join buffer (``derive``); None when unchanged."""
+    views_version: int = 0
+    """Version of the views the checkpointed streams were made with."""
 
     @property
     def size(self) -> int:
@@ -131,6 +147,37 @@ class ShardWrite:
             + sum(len(r) for _, r in self.pending)
             + len(self.join or b"")
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A version of the fleet-wide control document (``spanmetrics views apply``)."""
+
+    version: int
+    document: str
+    """YAML with ``views``, ``span_filters`` and ``span_names``, as in a topology."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """Who changed the control document, when, and what changed."""
+
+    version: int
+    who: str
+    when_unix: float
+    summary: str
+
+    def encode(self) -> str:
+        """As stored (JSON)."""
+        return json.dumps({"version": self.version, "who": self.who, "when": self.when_unix,
+                           "summary": self.summary})  # fmt: skip
+
+    @classmethod
+    def decode(cls, data: str | bytes) -> AuditEntry:
+        """The inverse of :meth:`encode`."""
+        value = json.loads(data)
+        return cls(int(value["version"]), str(value["who"]), float(value["when"]),
+                   str(value["summary"]))  # fmt: skip
 
 
 class FencedError(Exception):
@@ -184,6 +231,19 @@ class StateStore(Protocol):
         """Bytes of state held for this group."""
         ...
 
+    async def load_control(self) -> Control | None:
+        """The fleet's current control document (views), or None when none was applied."""
+        ...
+
+    async def save_control(self, document: str, audit: AuditEntry) -> int:
+        """Store ``document`` as the next version, with its audit entry; returns the version.
+        The version, the document and the audit entry are written in one step."""
+        ...
+
+    async def control_audit(self) -> list[AuditEntry]:
+        """Every applied change, oldest first."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...
@@ -197,6 +257,7 @@ class _MemoryShard:
     pending: bytes = b""
     stamp: int = 0
     join: bytes = b""
+    views_version: int = 0
     series: dict[bytes, bytes] = field(default_factory=dict)
     resources: dict[bytes, bytes] = field(default_factory=dict)
 
@@ -210,7 +271,24 @@ class MemoryStateStore:
     def __init__(self) -> None:
         self._partitions: dict[int, tuple[int, Cut | None]] = {}
         self._shards: dict[int, _MemoryShard] = {}
+        self._control: Control | None = None
+        self._audit: list[AuditEntry] = []
         self.bytes_written = 0
+
+    async def load_control(self) -> Control | None:
+        """See :meth:`StateStore.load_control`."""
+        return self._control
+
+    async def save_control(self, document: str, audit: AuditEntry) -> int:
+        """See :meth:`StateStore.save_control`."""
+        version = (self._control.version if self._control else 0) + 1
+        self._control = Control(version, document)
+        self._audit.append(dataclasses.replace(audit, version=version))
+        return version
+
+    async def control_audit(self) -> list[AuditEntry]:
+        """See :meth:`StateStore.control_audit`."""
+        return list(self._audit)
 
     async def claim_partition(self, partition: int) -> int:
         """See :meth:`StateStore.claim_partition`."""
@@ -249,6 +327,7 @@ class MemoryStateStore:
             decode_pending(state.pending) if state.pending else [],
             state.stamp,
             state.join,
+            state.views_version,
         )
 
     def _owned(self, shard: int, epoch: int) -> _MemoryShard:
@@ -266,6 +345,7 @@ class MemoryStateStore:
         state.stamp = write.stamp
         if write.join is not None:
             state.join = write.join
+        state.views_version = write.views_version
         for sid in write.removed_series:
             state.series.pop(sid, None)
         state.series.update(write.series)
@@ -298,10 +378,34 @@ class RedisStateStore:
         import redis.asyncio as aioredis
 
         self._redis = aioredis.Redis.from_url(url)
+        #: The URL without its password (for messages).
+        self.url = _without_password(url)
         self.prefix = f"spanmetrics:{group}"
         self._hset = self._redis.register_script(_FENCED_HSET)
         self._save_shard = self._redis.register_script(_SAVE_SHARD)
+        self._save_control = self._redis.register_script(_SAVE_CONTROL)
         self.bytes_written = 0
+
+    def _control_key(self, suffix: str = "") -> str:
+        return f"{self.prefix}:{{control}}{suffix}"
+
+    async def load_control(self) -> Control | None:
+        """See :meth:`StateStore.load_control`."""
+        version, document = await self._redis.hmget(self._control_key(), ["version", "document"])
+        if version is None or document is None:
+            return None
+        text = document.decode() if isinstance(document, bytes) else str(document)
+        return Control(int(version), text)
+
+    async def save_control(self, document: str, audit: AuditEntry) -> int:
+        """See :meth:`StateStore.save_control`."""
+        keys = [self._control_key(), self._control_key(":audit")]
+        return int(await self._save_control(keys=keys, args=[document, audit.encode()]))
+
+    async def control_audit(self) -> list[AuditEntry]:
+        """See :meth:`StateStore.control_audit`."""
+        entries = await self._redis.lrange(self._control_key(":audit"), 0, -1)
+        return [AuditEntry.decode(e) for e in entries]
 
     def _partition_key(self, partition: int) -> str:
         return f"{self.prefix}:{{part:{partition}}}"
@@ -341,11 +445,13 @@ class RedisStateStore:
     async def load_shard(self, shard: int) -> ShardCheckpoint:
         """See :meth:`StateStore.load_shard`."""
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(self._shard_key(shard), ["offset", "applied", "pending", "stamp", "join"])
+            pipe.hmget(
+                self._shard_key(shard), ["offset", "applied", "pending", "stamp", "join", "views"]
+            )
             pipe.hgetall(self._shard_key(shard, ":series"))
             pipe.hgetall(self._shard_key(shard, ":resources"))
             meta, series, resources = await pipe.execute()
-        offset, applied, pending, stamp, join = cast(list[bytes | None], meta)
+        offset, applied, pending, stamp, join, views = cast(list[bytes | None], meta)
         return ShardCheckpoint(
             int(offset) if offset is not None else None,
             decode_applied(applied) if applied else {},
@@ -354,6 +460,7 @@ class RedisStateStore:
             decode_pending(pending) if pending else [],
             int(stamp) if stamp else 0,
             join or b"",
+            int(views) if views else 0,
         )
 
     async def save_shard(self, shard: int, epoch: int, write: ShardWrite) -> None:
@@ -367,6 +474,8 @@ class RedisStateStore:
             encode_pending(write.pending) if write.pending else b"",
             "stamp",
             write.stamp,
+            "views",
+            write.views_version,
         ]
         if write.join is not None:
             meta += ["join", write.join]
@@ -409,6 +518,15 @@ class RedisStateStore:
     async def close(self) -> None:
         """Close the connection pool."""
         await self._redis.aclose()
+
+
+def _without_password(url: str) -> str:
+    parts = urlparse(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=user + netloc).geturl()
 
 
 def open_store(url: str, group: str) -> StateStore:

@@ -222,6 +222,15 @@ class _Store:
     async def clear_pending(self, shard: int, epoch: int) -> None:
         await self._call("clear_pending", lambda: self._inner.clear_pending(shard, epoch))
 
+    async def load_control(self) -> Any:
+        return await self._call("load_control", self._inner.load_control)
+
+    async def save_control(self, document: str, audit: Any) -> int:
+        return await self._inner.save_control(document, audit)
+
+    async def control_audit(self) -> list[Any]:
+        return await self._inner.control_audit()
+
     async def stored_bytes(self) -> int:
         return await self._inner.stored_bytes()
 

@@ -67,3 +67,12 @@ def test_delta_points_count_once() -> None:
     for start, end in [(0, 1), (1, 2), (1, 2), (2, 3)]:
         view.add_record(b"shard-0", record([(start * S, end * S, 4)], Temporality.DELTA))
     assert view.total_calls == 12
+
+
+def test_each_worker_shows_the_views_version_it_runs() -> None:
+    from spanmetrics.fleet.telemetry import telemetry_request
+
+    view = FleetView(NAMES)
+    telemetry = telemetry_request("w1", {"spans_received": 5}, {"views_version": 3.0}, {}, 0, 1)
+    view.add_record(b"worker-w1", telemetry.SerializeToString())
+    assert "views v3" in render(view)
