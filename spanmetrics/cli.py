@@ -193,6 +193,7 @@ def cmd_cardinality(args: argparse.Namespace) -> int:
     """Active series per metric and service in a fleet's state, and what drives them."""
     import asyncio
 
+    from spanmetrics.aggregate.budgets import BudgetLedger
     from spanmetrics.aggregate.cardinality import usage
     from spanmetrics.aggregate.resources import service_name
     from spanmetrics.state.codec import HistogramSpec, decode_resource_state, decode_series_state
@@ -236,6 +237,13 @@ def cmd_cardinality(args: argparse.Namespace) -> int:
     limit = sm.aggregation_cardinality_limit if sm is not None else 0
     print(f"{len(series):,} series in group {group!r}"
           + (f"; limit {limit:,} series per resource" if limit else ""))  # fmt: skip
+    if topology is not None and topology.budgets:
+        ledger = BudgetLedger(topology.budgets, output_plan(topology).names)
+        for service, labels in series:
+            ledger.count(service, labels)
+        for budget, used, _ in ledger.usage():
+            scope = " of ".join(x for x in (budget.metric, budget.service) if x)
+            print(f"budget {scope}: {used:,} of {budget.max_series:,} series")
     print(f"{'metric':<40} {'service':<20} {'series':>8} {'overflow':>8}  driver (distinct values)"
           "   series without it / with it alone")  # fmt: skip
     for u in report[: args.top]:

@@ -24,6 +24,7 @@ from typing import Literal
 
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
+from spanmetrics.aggregate.budgets import BudgetLedger
 from spanmetrics.aggregate.cumulative import Histogram, latest_exemplars, merge_histograms
 from spanmetrics.aggregate.dimensions import is_overflow, overflow_labels
 from spanmetrics.aggregate.explicit import ExplicitHistogram
@@ -159,6 +160,8 @@ class SeriesRegistry:
     ) -> None:
         self.names = names
         self._limit = cardinality_limit
+        #: Fleet-wide series budgets (the shard's leases); None: no budgets.
+        self.budgets: BudgetLedger | None = None
         self._series_ttl_ns = series_ttl_ns
         self._resource_ttl_ns = resource_ttl_ns
         self._exemplar_limit = exemplar_limit
@@ -215,7 +218,10 @@ class SeriesRegistry:
             labels = point.attributes
             state = res.series.get(labels)
             if state is None:
-                if self._limit and res.admitted >= self._limit:
+                over_limit = bool(self._limit) and res.admitted >= self._limit
+                if over_limit or (
+                    self.budgets is not None and not self.budgets.admit(str(identity[0]), labels)
+                ):
                     overflowed += point.calls
                     labels = overflow_labels(labels)
                     state = res.series.get(labels)
@@ -394,12 +400,22 @@ class SeriesRegistry:
                     ]
                     for labels in stale:
                         removed.append((res, kind, labels, table.pop(labels)))
-                        self._forget(res.rid, kind, labels)
+                        self._forget(res, kind, labels)
                         if kind == "series" and not is_overflow(labels):
                             res.admitted -= 1
                 if not res.series and not res.events:
                     self._remove_resource(identity, res)
         return removed
+
+    def set_budgets(self, budgets: BudgetLedger | None) -> None:
+        """Hold series under these budgets from now on; the series held now take their
+        slots."""
+        self.budgets = budgets or None
+        if self.budgets is not None:
+            for res in self.resources.values():
+                for labels in res.series:
+                    if not is_overflow(labels):
+                        self.budgets.count(str(res.identity[0]), labels)
 
     def mark(self) -> StreamMark:
         """Every call/duration series now: what :meth:`end` ends later."""
@@ -421,7 +437,7 @@ class SeriesRegistry:
             if dirty is not None and dirty[1] > mark.version:
                 continue
             del res.series[labels]
-            self._forget(res.rid, "series", labels)
+            self._forget(res, "series", labels)
             if not is_overflow(labels):
                 res.admitted -= 1
             ended += 1
@@ -437,7 +453,7 @@ class SeriesRegistry:
         for kind in KINDS:
             for labels, state in res.table(kind).items():
                 removed.append((res, kind, labels, state))
-                self._forget(res.rid, kind, labels)
+                self._forget(res, kind, labels)
         self._dirty_resources.pop(res.rid, None)
         self._removed_resources.add(res.rid)
         return removed
@@ -460,8 +476,10 @@ class SeriesRegistry:
             self.names, Temporality.CUMULATIVE, time_ns, list(by_resource.values())
         )
 
-    def _forget(self, rid: bytes, kind: Kind, labels: Attributes) -> None:
-        sid = series_id(rid, kind, labels)
+    def _forget(self, res: ResourceState, kind: Kind, labels: Attributes) -> None:
+        if self.budgets is not None and kind == "series" and not is_overflow(labels):
+            self.budgets.release(str(res.identity[0]), labels)
+        sid = series_id(res.rid, kind, labels)
         self._dirty.pop(sid, None)
         self._unsent.pop(sid, None)
         self._removed_series.add(sid)
@@ -511,5 +529,7 @@ class SeriesRegistry:
         table = res.table(kind)
         if kind == "series" and not is_overflow(labels) and labels not in table:
             res.admitted += 1
+            if self.budgets is not None:
+                self.budgets.count(str(res.identity[0]), labels)
         table[labels] = state
         self._newest_start_ns = max(self._newest_start_ns, state.start_ns)

@@ -1,5 +1,6 @@
-"""The fleet-wide control document: ``views``, ``span_filters`` and ``span_names`` applied
-to a running fleet (``spanmetrics views apply``), in place of the topology file's."""
+"""The fleet-wide control document: ``views``, ``span_filters``, ``span_names`` and
+``budgets`` applied to a running fleet (``spanmetrics views apply``), in place of the
+topology file's."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from spanmetrics.config.load import ConfigError, parse_topology
 from spanmetrics.config.model import Topology
 
 #: The keys a control document may hold: what can change while the fleet runs.
-CONTROL_KEYS = ("views", "span_filters", "span_names")
+CONTROL_KEYS = ("views", "span_filters", "span_names", "budgets")
 
 
 def read_control(text: str, source: str) -> dict[str, object]:

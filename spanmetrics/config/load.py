@@ -35,7 +35,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
 
 #: A message that already starts with the key path it is about (cross-key checks).
 _PATH_FIRST = re.compile(
-    r"^(source|spanmetrics|sinks|state|derive|views|span_filters|span_names)[\w.\[\]]*: "
+    r"^(source|spanmetrics|sinks|state|derive|views|span_filters|span_names|budgets)[\w.\[\]]*: "
 )
 
 

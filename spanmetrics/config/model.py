@@ -22,7 +22,7 @@ from spanmetrics.config.base import DurationSeconds, increasing_bounds
 from spanmetrics.config.base import Strict as _Strict
 from spanmetrics.config.durations import parse_duration
 from spanmetrics.config.rules import DeriveConfig
-from spanmetrics.config.views import SpanFilters, SpanNameRule, View, check_views
+from spanmetrics.config.views import Budget, SpanFilters, SpanNameRule, View, check_views
 
 #: Record encodings of the Collector's Kafka exporter that we read and write.
 Encoding = Literal["otlp_proto", "otlp_json"]
@@ -529,6 +529,8 @@ class Topology(_Strict):
     """Spans left out of every metric, by kind and labels; each is counted by reason."""
     span_names: tuple[SpanNameRule, ...] = ()
     """Span name rewrites (ids and numbers in paths to ``{id}``), in order."""
+    budgets: tuple[Budget, ...] = ()
+    """Series budgets per metric and per service, across the whole fleet."""
     derive: DeriveConfig | None = None
     """Metrics derived from selected spans by rules, instead of the connector's calls and
     duration metrics (``topologies/kubernetes.yaml``). The ``spanmetrics`` block still

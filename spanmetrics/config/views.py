@@ -219,6 +219,25 @@ class SpanNameRule(Strict):
     _lists = field_validator("service", mode="before")(_one_is_a_list)
 
 
+class Budget(Strict):
+    """At most ``max_series`` series, across the whole fleet, for a metric, a service, or
+    a metric of a service. Past it, new series fold into the overflow series
+    (``otel.metric.overflow=true``) and their spans are counted."""
+
+    metric: str | None = None
+    """Metric name (``*`` and ``?`` as in views); every metric when absent."""
+    service: str | None = None
+    """``service.name``; every service when absent."""
+    max_series: int = Field(ge=1)
+    """Series allowed."""
+
+    @model_validator(mode="after")
+    def _scoped(self) -> Budget:
+        if self.metric is None and self.service is None:
+            raise ValueError("a budget needs a 'metric', a 'service', or both")
+        return self
+
+
 #: The labels a selector reads for ``service`` and ``span_kind``, and a name rule rewrites.
 SERVICE_LABEL, KIND_LABEL, NAME_LABEL = "service.name", "span.kind", "span.name"
 

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from spanmetrics.aggregate.budgets import BudgetLedger
 from spanmetrics.aggregate.derived import DerivedMetricsEngine
 from spanmetrics.aggregate.engine import (
     CARDINALITY_OVERFLOW,
@@ -40,6 +41,7 @@ from spanmetrics.config.control import with_control
 from spanmetrics.config.defaults import DEFAULT_MAX_MESSAGE_BYTES
 from spanmetrics.config.load import ConfigError
 from spanmetrics.config.model import Topology
+from spanmetrics.config.views import Budget
 from spanmetrics.decode import REASONS as DECODE_REASONS
 from spanmetrics.decode import DecodeError
 from spanmetrics.export.otlp import encode_records
@@ -137,9 +139,11 @@ class Worker:
         #: Views, span filters and span-name rules, applied by the shards: the topology's,
         #: until a control document (``spanmetrics views apply``) replaces them.
         self._plan = output_plan(topology)
+        #: Series budgets in force (the topology's, or the control document's).
+        self._budgets = topology.budgets
         #: Version of the control document in force; 0: the topology's own views.
         self.views_version = 0
-        self._next_plan: tuple[int, OutputPlan] | None = None
+        self._next_plan: tuple[int, OutputPlan, tuple[Budget, ...]] | None = None
         self._control_unreachable = False
         self.names = self._plan.names
         #: The rules of a ``derive`` topology, shared by stage 1 and the shards' joins.
@@ -220,7 +224,25 @@ class Worker:
             shard, epoch, registry, self._spec, self._key_attributes, join, self._plan
         )
         owner.plan_version = self.views_version
+        registry.set_budgets(BudgetLedger(self._budgets, self._plan.names))
         return owner
+
+    def _switch(self, owner: ShardOwner) -> None:
+        """Make ``owner`` run the views and budgets in force (see :meth:`ShardOwner.switch`)."""
+        owner.switch(self._plan, self.views_version)
+        owner.registry.set_budgets(BudgetLedger(self._budgets, self._plan.names))
+
+    async def _lease(self, owner: ShardOwner) -> None:
+        """Renew the shard's budget leases (kept as they are when the store is down)."""
+        ledger = owner.registry.budgets
+        if ledger is None:
+            return
+        try:
+            ledger.grant(await self.store.lease_budgets(owner.shard, ledger.requests()))
+        except Exception as err:
+            self.stats.counters["budget_lease_errors"] += 1
+            log.warning("%s: budget leases of shard %d not renewed: %r", self.worker_id,
+                        owner.shard, err)  # fmt: skip
 
     # ------------------------------------------------------------------ consume
 
@@ -363,7 +385,8 @@ class Worker:
         owner.taken_at_ns = owner.registry.last_stamp_ns
         if owner.plan_version != self.views_version:
             # Made with other views: published once more as they are, then ended.
-            owner.switch(self._plan, self.views_version)
+            self._switch(owner)
+        await self._lease(owner)
         self._shards[s] = owner
         # Always committed, even with no checkpoint (from 0): the internal topic must be
         # read from its start whatever ``source.initial_offset`` says.
@@ -530,7 +553,7 @@ class Worker:
                 # The flush boundary of a new views version (no await since prepare): the
                 # points above are all the old views', deltas applied from now on make the
                 # new ones' streams.
-                owner.switch(self._plan, self.views_version)
+                self._switch(owner)
             try:
                 # The fence of every publish: nothing below happens unless this worker
                 # still owns the shard.
@@ -541,6 +564,7 @@ class Worker:
                 owner.not_stored(prepared)
                 raise
             owner.stored(prepared)
+            await self._lease(owner)
             self.stats.last_checkpoint_ns = self.clock.now_ns()
             self.stats.counters["checkpoint_bytes_written"] += prepared.write.size
             if self.prometheus.enabled and prepared.cumulative is not None:
@@ -595,7 +619,7 @@ class Worker:
             self.stats.counters["control_rejected"] += 1
             self.views_version = control.version  # not retried: the next version may fit
             return False
-        self._next_plan = (control.version, plan)
+        self._next_plan = (control.version, plan, topology.budgets)
         log.info("%s: views version %d received", self.worker_id, control.version)
         return True
 
@@ -603,7 +627,7 @@ class Worker:
         """Run the version :meth:`refresh_control` found; shards switch after their next
         flush (a shard created from now on starts with it)."""
         if self._next_plan is not None:
-            self.views_version, self._plan = self._next_plan
+            self.views_version, self._plan, self._budgets = self._next_plan
             self._next_plan = None
             self.names = self._plan.names
 

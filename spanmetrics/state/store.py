@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, cast
 from urllib.parse import urlparse
 
+from spanmetrics.aggregate.budgets import LeaseRequest
 from spanmetrics.state.codec import (
     Applied,
     OutputRecord,
@@ -55,6 +56,29 @@ local entry = cjson.decode(ARGV[2])
 entry['version'] = version
 redis.call('RPUSH', KEYS[2], cjson.encode(entry))
 return version
+"""
+
+#: Budget leases: one hash, field ``<budget key>#<shard>``; each request is granted what
+#: the budget has left after every other shard's lease.
+_LEASE_BUDGETS = """
+local shard = ARGV[1]
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 2, #ARGV, 3 do
+  local key, want, size = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  local others = 0
+  for j = 1, #all, 2 do
+    local field = all[j]
+    local sep = string.find(field, '#', 1, true)
+    if sep and string.sub(field, 1, sep - 1) == key and string.sub(field, sep + 1) ~= shard then
+      others = others + tonumber(all[j + 1])
+    end
+  end
+  local grant = math.max(math.min(want, size - others), 0)
+  redis.call('HSET', KEYS[1], key .. '#' .. shard, grant)
+  table.insert(out, grant)
+end
+return out
 """
 
 _SAVE_SHARD = """
@@ -235,6 +259,12 @@ class StateStore(Protocol):
         """The fleet's current control document (views), or None when none was applied."""
         ...
 
+    async def lease_budgets(self, shard: int, requests: list[LeaseRequest]) -> list[int]:
+        """Grant ``shard`` as many of the slots it asks for as its budgets have left once
+        every other shard's lease is counted (its own lease is replaced); all in one step,
+        so that the leases of a budget never add up to more than its size."""
+        ...
+
     async def save_control(self, document: str, audit: AuditEntry) -> int:
         """Store ``document`` as the next version, with its audit entry; returns the version.
         The version, the document and the audit entry are written in one step."""
@@ -273,11 +303,22 @@ class MemoryStateStore:
         self._shards: dict[int, _MemoryShard] = {}
         self._control: Control | None = None
         self._audit: list[AuditEntry] = []
+        self._leases: dict[str, dict[int, int]] = {}
         self.bytes_written = 0
 
     async def load_control(self) -> Control | None:
         """See :meth:`StateStore.load_control`."""
         return self._control
+
+    async def lease_budgets(self, shard: int, requests: list[LeaseRequest]) -> list[int]:
+        """See :meth:`StateStore.lease_budgets`."""
+        granted = []
+        for key, want, size in requests:
+            leases = self._leases.setdefault(key, {})
+            others = sum(n for s, n in leases.items() if s != shard)
+            leases[shard] = max(min(want, size - others), 0)
+            granted.append(leases[shard])
+        return granted
 
     async def save_control(self, document: str, audit: AuditEntry) -> int:
         """See :meth:`StateStore.save_control`."""
@@ -384,10 +425,21 @@ class RedisStateStore:
         self._hset = self._redis.register_script(_FENCED_HSET)
         self._save_shard = self._redis.register_script(_SAVE_SHARD)
         self._save_control = self._redis.register_script(_SAVE_CONTROL)
+        self._lease = self._redis.register_script(_LEASE_BUDGETS)
         self.bytes_written = 0
 
     def _control_key(self, suffix: str = "") -> str:
         return f"{self.prefix}:{{control}}{suffix}"
+
+    async def lease_budgets(self, shard: int, requests: list[LeaseRequest]) -> list[int]:
+        """See :meth:`StateStore.lease_budgets`."""
+        if not requests:
+            return []
+        args: list[str | int] = [shard]
+        for key, want, size in requests:
+            args += [key, want, size]
+        granted = await self._lease(keys=[self._control_key(":budgets")], args=args)
+        return [int(n) for n in granted]
 
     async def load_control(self) -> Control | None:
         """See :meth:`StateStore.load_control`."""

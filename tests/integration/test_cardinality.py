@@ -34,6 +34,7 @@ def test_the_driver_of_a_cardinality_explosion_is_named(
         "state": redis_url,
         "spanmetrics": {"dimensions": [{"name": "user.id"}, {"name": "http.request.method"}],
                         "aggregation_cardinality_limit": 500},
+        "budgets": [{"service": "auth", "max_series": 1000}],
     }  # fmt: skip
     topology = parse_topology(document)
     delta = {"aggregation_temporality": "AGGREGATION_TEMPORALITY_DELTA"}
@@ -71,6 +72,7 @@ def test_the_driver_of_a_cardinality_explosion_is_named(
     assert (
         lines[0] == "304 series in group " + repr(redis_prefix) + "; limit 500 series per resource"
     )
+    assert lines[1] == "budget auth: 300 of 1,000 series"
     auth = next(line for line in lines if " auth " in line)
     # 300 series, all from user.id: 1 without it, 300 with it alone.
     assert "user.id (300)   1 / 300" in auth

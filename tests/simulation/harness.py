@@ -225,6 +225,11 @@ class _Store:
     async def load_control(self) -> Any:
         return await self._call("load_control", self._inner.load_control)
 
+    async def lease_budgets(self, shard: int, requests: list[Any]) -> list[int]:
+        return list(
+            await self._call("lease_budgets", lambda: self._inner.lease_budgets(shard, requests))
+        )
+
     async def save_control(self, document: str, audit: Any) -> int:
         return await self._inner.save_control(document, audit)
 
