@@ -136,6 +136,8 @@ class MetricNames:
     summaries: tuple[tuple[str, tuple[float, ...]], ...] = ()
     """Streams written as OTLP summaries (a view's ``summary`` aggregation), with their
     quantiles: their series hold an exponential histogram."""
+    temporalities: tuple[tuple[str, str], ...] = ()
+    """Streams whose view chose a temporality (``cumulative`` or ``delta``)."""
 
     @classmethod
     def for_namespace(cls, namespace: str, unit: str) -> MetricNames:

@@ -36,6 +36,7 @@ from spanmetrics.aggregate.points import (
     MetricsSnapshot,
     ResourcePoints,
     SeriesPoint,
+    metric_of,
 )
 from spanmetrics.aggregate.resources import ResourceIdentity, stable_id
 from spanmetrics.model.enums import Temporality
@@ -274,7 +275,7 @@ class SeriesRegistry:
         state.last_seen_ns = max(state.last_seen_ns, seen_ns)
         sid = series_id(res.rid, kind, labels)
         self._mark(sid, (res, kind, labels, state))
-        if self._delta_output:
+        if self.is_delta(labels):
             unsent = self._unsent.get(sid)
             if unsent is None:
                 unsent = self._unsent[sid] = _Unsent(res, kind, labels, state)
@@ -314,14 +315,29 @@ class SeriesRegistry:
         """Continue after a previous owner's last stamp (stored with its checkpoint)."""
         self._last_stamp_ns = max(self._last_stamp_ns, last_stamp_ns)
 
-    def cumulative(self, time_ns: int) -> MetricsSnapshot:
-        """Every series as a cumulative point at ``time_ns`` (a :meth:`stamp`)."""
+    def is_delta(self, labels: Attributes) -> bool:
+        """Whether a series is published as delta points: the output's temporality, or the
+        one its view chose."""
+        if not self.names.temporalities:
+            return self._delta_output
+        chosen = dict(self.names.temporalities).get(metric_of(labels) or "")
+        return self._delta_output if chosen is None else chosen == "delta"
+
+    @property
+    def mixed(self) -> bool:
+        """Whether some views chose another temporality than the output's."""
+        return any((t == "delta") != self._delta_output for _, t in self.names.temporalities)
+
+    def cumulative(self, time_ns: int, only_cumulative: bool = False) -> MetricsSnapshot:
+        """Every series as a cumulative point at ``time_ns`` (a :meth:`stamp`); with
+        ``only_cumulative``, the series published as cumulative points only."""
         return self.final_points(
             [
                 (res, kind, labels, state)
                 for res in self.resources.values()
                 for kind in KINDS
                 for labels, state in res.table(kind).items()
+                if not (only_cumulative and self.is_delta(labels))
             ],
             time_ns,
         )

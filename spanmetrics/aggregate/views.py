@@ -143,21 +143,29 @@ class OutputPlan:
         return bool(self._views or self._include or self._exclude or self._rules)
 
     def _check_and_name(self) -> None:
-        """The summary streams, for the writers (the topology checked the names)."""
+        """The summary streams and the streams with their own temporality, for the
+        writers (the topology checked the names)."""
         summaries: dict[str, tuple[float, ...]] = {}
+        temporalities: dict[str, str] = {}
         for compiled in self._views:
             stream = compiled.view.stream
-            aggregation = stream.aggregation
-            if aggregation is None or aggregation.summary is None:
-                continue
             selected = [
                 n for n in self.instruments
                 if compiled.instrument is None or compiled.instrument.match(n)
             ]  # fmt: skip
-            for name in [stream.name] if stream.name else selected:
-                if name != self.names.calls:
-                    summaries[name] = aggregation.summary.quantiles
-        self.names = replace(self.names, summaries=tuple(sorted(summaries.items())))
+            outputs = [stream.name] if stream.name else selected
+            if stream.temporality is not None:
+                temporalities.update(dict.fromkeys(outputs, stream.temporality))
+            aggregation = stream.aggregation
+            if aggregation is not None and aggregation.summary is not None:
+                for name in outputs:
+                    if name != self.names.calls:
+                        summaries[name] = aggregation.summary.quantiles
+        self.names = replace(
+            self.names,
+            summaries=tuple(sorted(summaries.items())),
+            temporalities=tuple(sorted(temporalities.items())),
+        )
 
     # ------------------------------------------------------------------ apply
 

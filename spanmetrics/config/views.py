@@ -19,6 +19,7 @@ and paid per series, not per span. Selectors and filters therefore see a series'
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -165,6 +166,9 @@ class Stream(Strict):
     """Label renames, after ``attribute_keys`` (``http.request.method: http.method``)."""
     aggregation: Aggregation | None = None
     """The stream's aggregation; default: the metric's own."""
+    temporality: Literal["cumulative", "delta"] | None = None
+    """The stream's temporality in the OTLP output; default: the topology's
+    ``aggregation_temporality``. (Prometheus sinks always get cumulative series.)"""
 
 
 class View(Strict):

@@ -186,12 +186,16 @@ def _fill_resource(rm: Any, rp: ResourcePoints, names: MetricNames, temporality:
         else:
             derived.setdefault(metric, []).append(replace(p, attributes=p.attributes[1:]))
     summaries = dict(names.summaries)
+    chosen = {
+        k: _TEMPORALITY[Temporality.DELTA if v == "delta" else Temporality.CUMULATIVE]
+        for k, v in names.temporalities
+    }
     for metric, points in derived.items():
         out = scope_metrics.metrics.add(name=metric)
         if metric in summaries:
             _add_summary(out, points, names.unit, summaries[metric])
         else:
-            _add_derived(out, points, names.unit, temporality)
+            _add_derived(out, points, names.unit, chosen.get(metric, temporality))
     calls = [p for p in span_series if p.role != "duration"]
     if calls:
         _add_sum(

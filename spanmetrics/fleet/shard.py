@@ -275,20 +275,23 @@ class ShardOwner:
                 self.join.dirty = False
         stamp_ns = registry.stamp(now_ns)
         removed = registry.expire(stamp_ns)
+        # Views may choose another temporality than the output's for some streams: then
+        # both kinds of output are made, each with its own streams.
+        mixed = registry.mixed
         cumulative = (
             output.requests(registry.cumulative(stamp_ns))
-            if want_cumulative or not delta_output
+            if want_cumulative or not delta_output or mixed
             else None
         )
         taken = None
         outputs: list[OutputRecord] = []
         pending: list[OutputRecord] = []
-        if delta_output:
+        if delta_output or mixed:
             # Written ahead with the checkpoint: sent again as is if this worker dies.
             delta, taken = registry.take_delta(stamp_ns)
             if delta.resources:
-                outputs = pending = output.records(output.requests(delta))
-        else:
+                pending = output.records(output.requests(delta))
+        if not delta_output or mixed:
             # The cumulative output is not written ahead (the next flush publishes the same
             # state again), except the last points of series that expire: once the
             # checkpoint removes them, nothing else holds them. Each at the time of the
@@ -298,9 +301,15 @@ class ShardOwner:
                 [*self._unsaved_finals, (stamp_ns, removed)] if removed else self._unsaved_finals
             )
             for expired_ns, series in finals:
-                points = registry.final_points(series, expired_ns)
+                kept = [e for e in series if not registry.is_delta(e[2])]
+                points = registry.final_points(kept, expired_ns)
                 pending += output.records(output.requests(points))
-            outputs = pending + output.records(cumulative or [])
+            published = cumulative or []
+            if mixed:
+                published = output.requests(registry.cumulative(stamp_ns, only_cumulative=True))
+            outputs = pending + output.records(published)
+        else:
+            outputs = pending
         changes = registry.changes()
         write = ShardWrite(
             offset=self.next_offset,

@@ -147,3 +147,23 @@ def test_a_view_that_does_not_fit_the_topology_is_skipped_and_counted() -> None:
     asyncio.run(run())
     assert node.worker.views_version == 1  # skipped, not retried
     assert node.worker.stats.counters["control_rejected"] == 1
+
+
+def test_workers_keep_their_version_while_the_store_is_unreachable() -> None:
+    fleet = SimFleet(topology(False), partitions=1, shards=1)
+    node = fleet.start("a")
+
+    async def unreachable() -> None:
+        raise ConnectionError("Timeout reading from 127.0.0.1:6379")
+
+    async def run() -> None:
+        await fleet.store.save_control(DENY, AuditEntry(0, "t", 0.0, ""))
+        assert await node.worker.refresh_control()
+        node.worker.adopt_control()
+        node.worker.store.load_control = unreachable  # type: ignore[method-assign]
+        for _ in range(3):
+            assert not await node.worker.refresh_control()
+
+    asyncio.run(run())
+    assert node.worker.views_version == 1
+    assert node.worker.stats.counters["control_errors"] == 3

@@ -343,7 +343,7 @@ def test_the_readme_example_does_what_it_says() -> None:
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     start = readme.index("### Views, span filters and span names")
-    (block,) = re.findall(r"```yaml\n(.*?)```", readme[start : readme.index("### Semantics")], re.S)
+    block = re.findall(r"```yaml\n(.*?)```", readme[start : readme.index("### Semantics")], re.S)[0]
     document = yaml.safe_load(block)
     got, counters = output(topology(**document))
     assert set(got) == {CALLS, DURATION, "legacy.http.duration"}
