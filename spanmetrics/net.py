@@ -15,3 +15,14 @@ def find_free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def redact_url(url: str) -> str:
+    """``url`` for logs and messages: its password, if any, replaced by ``***``."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    user = f"{parsed.username}:***@" if parsed.username else ":***@"
+    return parsed._replace(netloc=user + parsed.netloc.rsplit("@", 1)[1]).geturl()

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from spanmetrics.config.expand import ExpansionError, expand
 from spanmetrics.config.model import RETIRED_KEYS, Topology
 
 
@@ -114,7 +115,8 @@ def parse_topology(document: object, source: str = "<topology>") -> Topology:
 
 
 def load_topology(path: str | Path) -> Topology:
-    """Read and validate a topology file.
+    """Read a topology file, expand ``${env:NAME}`` and ``${file:PATH}`` in its values,
+    and validate it.
 
     Raises:
         ConfigError: unreadable file, invalid YAML, or invalid keys and values.
@@ -128,4 +130,8 @@ def load_topology(path: str | Path) -> Topology:
         document = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(source, [f"invalid YAML: {err}"]) from None
+    try:
+        document = expand(document)  # ${env:NAME} and ${file:PATH}, as in Collector configs
+    except ExpansionError as err:
+        raise ConfigError(source, [str(err)]) from None
     return parse_topology(document, source)

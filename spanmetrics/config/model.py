@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from typing import Annotated, Literal
+from urllib.parse import urlparse
 
 from pydantic import (
     AliasChoices,
@@ -23,6 +24,7 @@ from spanmetrics.config.base import Strict as _Strict
 from spanmetrics.config.durations import parse_duration
 from spanmetrics.config.rules import DeriveConfig
 from spanmetrics.config.views import Budget, SpanFilters, SpanNameRule, View, check_views
+from spanmetrics.net import redact_url
 
 #: Record encodings of the Collector's Kafka exporter that we read and write.
 Encoding = Literal["otlp_proto", "otlp_json"]
@@ -422,6 +424,20 @@ class SourceConfig(_Strict):
     dead_letter_topic: str = defaults.DEFAULT_DEAD_LETTER_TOPIC
     """Topic for records that cannot be decoded."""
 
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, url: str) -> str:
+        # What the worker would die on, said at validation: a scheme other than kafka://,
+        # or an address without a numeric port.
+        scheme, sep, rest = url.strip().partition("://")
+        if sep and scheme != "kafka":
+            raise ValueError(f"expected kafka://HOST:PORT[,HOST:PORT], got scheme {scheme!r}")
+        for address in (rest if sep else scheme).rstrip("/").split(","):
+            host, colon, port = address.strip().rpartition(":")
+            if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected kafka://HOST:PORT[,HOST:PORT], got {url!r}")
+        return url
+
 
 class KafkaProducerConfig(_Strict):
     """Producer settings of a Kafka sink, as the Collector's Kafka exporter names them."""
@@ -577,5 +593,17 @@ class Topology(_Strict):
     def _state_url(cls, url: str) -> str:
         scheme = url.split("://", 1)[0] if "://" in url else ""
         if scheme not in ("memory", "redis", "rediss", "unix"):
-            raise ValueError(f"expected memory:// or redis://HOST:PORT/DB, got {url!r}")
+            raise ValueError(f"expected memory:// or redis://HOST:PORT/DB, got {redact_url(url)!r}")
+        if scheme in ("redis", "rediss"):
+            parsed = urlparse(url)
+            try:
+                parsed.port  # noqa: B018 - urllib checks the port when it is read
+            except ValueError:
+                port = parsed.netloc.rsplit(":", 1)[-1]
+                raise ValueError(
+                    f"the port of {redact_url(url)!r} is not a number: {port!r}"
+                ) from None
+            db = parsed.path.strip("/")
+            if db and not db.isdigit():
+                raise ValueError(f"the database of {redact_url(url)!r} is not a number: {db!r}")
         return url

@@ -28,6 +28,7 @@ from typing import Protocol, cast
 from urllib.parse import urlparse
 
 from spanmetrics.aggregate.budgets import LeaseRequest
+from spanmetrics.net import redact_url
 from spanmetrics.state.codec import (
     Applied,
     OutputRecord,
@@ -420,7 +421,7 @@ class RedisStateStore:
 
         self._redis = aioredis.Redis.from_url(url)
         #: The URL without its password (for messages).
-        self.url = _without_password(url)
+        self.url = redact_url(url)
         self.prefix = f"spanmetrics:{group}"
         self._hset = self._redis.register_script(_FENCED_HSET)
         self._save_shard = self._redis.register_script(_SAVE_SHARD)
@@ -570,15 +571,6 @@ class RedisStateStore:
     async def close(self) -> None:
         """Close the connection pool."""
         await self._redis.aclose()
-
-
-def _without_password(url: str) -> str:
-    parts = urlparse(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return parts._replace(netloc=user + netloc).geturl()
 
 
 def open_store(url: str, group: str) -> StateStore:

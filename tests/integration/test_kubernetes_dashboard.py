@@ -24,7 +24,8 @@ from tests.dashboards import KUBERNETES_DASHBOARD, load_dashboards, panel_querie
 from tests.integration.prometheus import Prometheus
 from tests.integration.test_prometheus_remote_write import write
 
-pytestmark = pytest.mark.integration
+# The derived path reads spans in Python whatever the reader: once is enough.
+pytestmark = [pytest.mark.integration, pytest.mark.once]
 
 TOPOLOGY = Path(__file__).resolve().parents[2] / "topologies" / "kubernetes.yaml"
 

@@ -28,7 +28,8 @@ from spanmetrics.model.attributes import any_value_to_str
 from tests.integration.test_fleet_exactness import Fleet
 from tests.kubernetes.oracle import expected
 
-pytestmark = pytest.mark.integration
+# The derived path reads spans in Python whatever the reader: once is enough.
+pytestmark = [pytest.mark.integration, pytest.mark.once]
 
 TOPOLOGY = Path(__file__).resolve().parents[2] / "topologies" / "kubernetes.yaml"
 PARTITIONS = 4

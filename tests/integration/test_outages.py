@@ -1,0 +1,207 @@
+"""Outages survived with nothing lost: Redis frozen for 30 s (SIGSTOP, then SIGCONT) while
+spans flow into two workers. The workers live through it, publish nothing they cannot
+checkpoint, catch up, and every span is counted exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from aiokafka import AIOKafkaProducer
+
+from spanmetrics.dev.synth import SpanGenerator, encode_request
+from spanmetrics.kafka.admin import ensure_topics
+from spanmetrics.net import find_free_port
+from tests.integration.test_fleet_exactness import Fleet, Output, expected_counts
+
+pytestmark = [pytest.mark.integration, pytest.mark.once]
+
+#: How long the outage lasts, as the issue has it.
+OUTAGE_S = 30.0
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Redis of this test's own, that it may freeze."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = find_free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.RedisError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    client.close()
+    try:
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_redis_frozen_for_30_seconds(
+    broker: Any, tmp_path: Path, private_redis: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    url, redis_proc = private_redis
+    suffix = uuid.uuid4().hex[:8]
+    topic, metrics, group = f"out-{suffix}", f"out-metrics-{suffix}", f"out-{suffix}"
+    topology = tmp_path / "t.yaml"
+    topology.write_text(yaml.safe_dump({
+        "source": {"topic": topic, "broker": broker.url, "group": group,
+                   "dead_letter_topic": f"dlq-{suffix}"},
+        "state": url,
+        "spanmetrics": {"metrics_flush_interval": "1s"},
+        "sinks": [{"kafka": {"topic": metrics}}],
+    }))  # fmt: skip
+    fleet = Fleet(topology, tmp_path)
+    generator = SpanGenerator(seed=21)
+    seen: list[str] = []
+
+    async def scenario() -> tuple[Any, Output]:
+        await ensure_topics(broker.bootstrap, {topic: 4, metrics: 1})
+        output = Output(broker.bootstrap, metrics)
+        await output.consumer.start()
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        sent: list[Any] = []
+
+        async def send(n: int) -> None:
+            for _ in range(n):
+                req = generator.batch_request(100)
+                await producer.send_and_wait(topic, encode_request(req, "otlp_proto"))
+                sent.append(req)
+
+        try:
+            fleet.start("a")
+            fleet.start("b")
+            await send(10)
+            deadline = time.monotonic() + 120
+            while output.records == 0:
+                assert time.monotonic() < deadline, "the fleet published nothing"
+                await output.poll()
+            redis_proc.send_signal(signal.SIGSTOP)
+            seen.append("redis frozen")
+            frozen_at = time.monotonic()
+            while time.monotonic() - frozen_at < OUTAGE_S:  # spans keep coming
+                await send(1)
+                await output.poll(timeout_ms=200)
+            during = output.records
+            redis_proc.send_signal(signal.SIGCONT)
+            seen.append(f"redis back after {time.monotonic() - frozen_at:.0f}s")
+            await send(10)
+            expected = expected_counts(sent)
+            deadline = time.monotonic() + 120
+            while output.totals(False) != expected and time.monotonic() < deadline:
+                await output.poll()
+            seen.append(f"{output.records - during} records after the outage")
+            return expected, output
+        finally:
+            await producer.stop()
+            await output.consumer.stop()
+
+    try:
+        expected, output = asyncio.run(scenario())
+        alive = {name: proc.poll() is None for name, proc in fleet.procs.items()}
+    finally:
+        fleet.stop_all()
+    logs = {p.name: p.read_text() for p in tmp_path.glob("*.log")}
+    print("\n".join(seen))  # what the test saw, for the report
+    tail = "\n".join(text[-3000:] for text in logs.values())
+    assert all(alive.values()), f"a worker died during the outage: {alive}\n{tail}"
+    assert not any("Traceback" in text and "Crashed" in text for text in logs.values()), tail
+    assert output.totals(False) == expected, tail
+
+
+def test_broker_frozen_for_30_seconds(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+    """The broker process paused mid-stream: the workers wait, reconnect and catch up."""
+    from spanmetrics.dev.broker import EmbeddedBroker
+
+    suffix = uuid.uuid4().hex[:8]
+    topic, metrics = f"bout-{suffix}", f"bout-metrics-{suffix}"
+    generator = SpanGenerator(seed=22)
+    seen: list[str] = []
+    with EmbeddedBroker() as own:  # this test's own broker: it freezes it
+        topology = tmp_path / "t.yaml"
+        topology.write_text(yaml.safe_dump({
+            "source": {"topic": topic, "broker": own.url, "group": redis_prefix,
+                       "dead_letter_topic": f"dlq-{suffix}"},
+            "state": redis_url,
+            "spanmetrics": {"metrics_flush_interval": "1s"},
+            "sinks": [{"kafka": {"topic": metrics}}],
+        }))  # fmt: skip
+        fleet = Fleet(topology, tmp_path)
+
+        async def scenario() -> tuple[Any, Output]:
+            await ensure_topics(own.bootstrap, {topic: 4, metrics: 1})
+            output = Output(own.bootstrap, metrics)
+            await output.consumer.start()
+            producer = AIOKafkaProducer(bootstrap_servers=own.bootstrap)
+            await producer.start()
+            sent: list[Any] = []
+
+            async def send(n: int) -> None:
+                for _ in range(n):
+                    req = generator.batch_request(100)
+                    await producer.send_and_wait(topic, encode_request(req, "otlp_proto"))
+                    sent.append(req)
+
+            try:
+                fleet.start("a")
+                fleet.start("b")
+                await send(10)
+                deadline = time.monotonic() + 120
+                while output.records == 0:
+                    assert time.monotonic() < deadline, "the fleet published nothing"
+                    await output.poll()
+                await send(10)  # read, maybe not yet cut, when the broker stops
+                assert own.pid is not None
+                os.kill(own.pid, signal.SIGSTOP)
+                seen.append("broker frozen")
+                await asyncio.sleep(OUTAGE_S)  # the outage itself: nothing to await
+                os.kill(own.pid, signal.SIGCONT)
+                seen.append("broker back")
+                await send(10)
+                expected = expected_counts(sent)
+                deadline = time.monotonic() + 150
+                while output.totals(False) != expected and time.monotonic() < deadline:
+                    await output.poll()
+                return expected, output
+            finally:
+                await producer.stop()
+                await output.consumer.stop()
+
+        try:
+            expected, output = asyncio.run(scenario())
+            alive = {name: proc.poll() is None for name, proc in fleet.procs.items()}
+        finally:
+            if own.pid:
+                os.kill(own.pid, signal.SIGCONT)
+            fleet.stop_all()
+    logs = {p.name: p.read_text() for p in tmp_path.glob("*.log")}
+    print("\n".join(seen))
+    tail = "\n".join(text[-3000:] for text in logs.values())
+    assert all(alive.values()), f"a worker died during the outage: {alive}\n{tail}"
+    assert output.totals(False) == expected, tail
