@@ -400,7 +400,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         args.flush_interval,
         args.scrape_port,
     )
-    run_worker(topology, args.worker_id)
+    run_worker(topology, args.worker_id, args.health_port)
     return 0
 
 
@@ -695,6 +695,13 @@ def build_parser() -> argparse.ArgumentParser:
         "free one), for several workers on one host",
     )
     work.add_argument("--worker-id", help="name in logs (default: host-pid)")
+    work.add_argument(
+        "--health-port",
+        type=int,
+        metavar="PORT",
+        help="port of /healthz and /readyz (or SPANMETRICS_HEALTH_PORT; default: any free "
+        "port, logged at start)",
+    )
     work.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     work.set_defaults(func=cmd_worker)
 

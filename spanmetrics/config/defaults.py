@@ -65,3 +65,8 @@ DEFAULT_PROMETHEUS_NAMING: Final = "otel"
 DEFAULT_PROMETHEUS_HISTOGRAMS: Final = "both"
 #: Scrape port of the ``prometheus`` sink.
 DEFAULT_SCRAPE_PORT: Final = 9464
+
+#: Port of a worker's /healthz and /readyz (``--health-port``, SPANMETRICS_HEALTH_PORT):
+#: 0 is any free port, logged at start, so that workers on one machine never clash; the
+#: Kubernetes manifests set 8080.
+DEFAULT_HEALTH_PORT: Final = 0

@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
 from spanmetrics.config.model import Topology
+from spanmetrics.fleet.health import HealthServer
 from spanmetrics.fleet.worker import INTERNAL_MAX_RECORD_BYTES, Headers, Worker
 from spanmetrics.kafka.admin import ensure_topics, topic_partitions
 from spanmetrics.net import find_free_port
@@ -112,6 +113,7 @@ class _App(faust.App):
 
     spanmetrics_worker: Worker
     spanmetrics_sender: _Sender
+    spanmetrics_health: HealthServer | None
     spanmetrics_topics: tuple[str, ...] = ()
 
     async def _on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
@@ -138,6 +140,8 @@ class _App(faust.App):
     async def on_start(self) -> None:
         await self.spanmetrics_sender.start()
         await self.spanmetrics_worker.prometheus.start()
+        if self.spanmetrics_health is not None:
+            await self.spanmetrics_health.start()
         # The fleet's current views before any shard is taken (none to switch yet).
         await self.spanmetrics_worker.refresh_control()
         self.spanmetrics_worker.adopt_control()
@@ -153,11 +157,16 @@ class _App(faust.App):
         await super().on_stop()
         await self.spanmetrics_sender.stop()
         await self.spanmetrics_worker.prometheus.stop()
+        if self.spanmetrics_health is not None:
+            await self.spanmetrics_health.stop()
         await self.spanmetrics_worker.store.close()
 
 
-def build_app(worker: Worker, n_shards: int, datadir: str) -> faust.App:
-    """The faust app of one worker: its agents, timer and rebalance handlers."""
+def build_app(
+    worker: Worker, n_shards: int, datadir: str, health_port: int | None = None
+) -> faust.App:
+    """The faust app of one worker: its agents, timers, rebalance handlers and, on
+    ``health_port``, its probes."""
     topology: Topology = worker.topology
     source = topology.source
     app = _App(
@@ -182,6 +191,15 @@ def build_app(worker: Worker, n_shards: int, datadir: str) -> faust.App:
         web_bind="127.0.0.1",
     )
     app.spanmetrics_worker = worker
+    # Checkpoints and broker acknowledgements older than three flushes (30 s at least)
+    # make the worker unready.
+    window = max(3 * topology.spanmetrics.metrics_flush_interval, 30.0)
+    app.spanmetrics_health = (
+        HealthServer("0.0.0.0", health_port, worker.health, worker.clock, window,
+                     worker.store.ping)
+        if health_port is not None
+        else None
+    )  # fmt: skip
     max_record = max(worker.output.max_message_bytes, INTERNAL_MAX_RECORD_BYTES)
     app.spanmetrics_sender = _Sender(worker.bootstrap, max_record)
     worker.attach(_Positions(app), app.spanmetrics_sender, n_shards)
@@ -241,13 +259,14 @@ async def prepare_topics(worker: Worker) -> int:
     return counts[worker.deltas_topic]
 
 
-def run_app(worker: Worker) -> None:
-    """Run the worker under faust until SIGTERM or SIGINT (blocking)."""
+def run_app(worker: Worker, health_port: int | None = None) -> None:
+    """Run the worker under faust until SIGTERM or SIGINT (blocking); with
+    ``health_port``, its probes on that port (0: a free one, logged)."""
     n_shards = asyncio.run(prepare_topics(worker))
     datadir = tempfile.mkdtemp(prefix=f"spanmetrics-{worker.worker_id}-")
     asyncio.set_event_loop(asyncio.new_event_loop())  # the one faust and aiokafka will use
     try:
-        app = build_app(worker, n_shards, datadir)
+        app = build_app(worker, n_shards, datadir, health_port)
         faust_worker = faust.Worker(
             app, loglevel="WARNING", quiet=True, redirect_stdouts=False, override_logging=False
         )

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 
+from spanmetrics.config.defaults import DEFAULT_HEALTH_PORT
 from spanmetrics.config.load import ConfigError, parse_topology
 from spanmetrics.config.model import Topology
 from spanmetrics.fleet.worker import Worker
@@ -17,6 +18,7 @@ ENV_BROKER = "SPANMETRICS_BROKER"
 ENV_STATE = "SPANMETRICS_STATE"
 ENV_GROUP = "SPANMETRICS_GROUP"
 ENV_SCRAPE_PORT = "SPANMETRICS_SCRAPE_PORT"
+ENV_HEALTH_PORT = "SPANMETRICS_HEALTH_PORT"
 
 
 def apply_overrides(
@@ -55,7 +57,24 @@ def apply_overrides(
     return parse_topology(document, "command line and environment")
 
 
-def run_worker(topology: Topology, worker_id: str | None = None) -> None:
+def health_port(given: int | None) -> int:
+    """The probes' port: ``--health-port``, else SPANMETRICS_HEALTH_PORT, else the default.
+
+    Raises:
+        ConfigError: the environment's value is not a port number.
+    """
+    if given is not None:
+        return given
+    env = os.environ.get(ENV_HEALTH_PORT)
+    if env is None:
+        return DEFAULT_HEALTH_PORT
+    if not env.isdigit() or int(env) > 65535:
+        problem = f"{ENV_HEALTH_PORT}: expected a port number, got {env!r}"
+        raise ConfigError("environment", [problem])
+    return int(env)
+
+
+def run_worker(topology: Topology, worker_id: str | None = None, health: int | None = None) -> None:
     """Run one worker under faust until SIGTERM or SIGINT; it then flushes, checkpoints
     and leaves the group."""
     from spanmetrics.fleet.app import run_app
@@ -71,4 +90,4 @@ def run_worker(topology: Topology, worker_id: str | None = None) -> None:
         topology.source.group,
         topology.state.split("@")[-1],
     )
-    run_app(worker)
+    run_app(worker, health_port(health))

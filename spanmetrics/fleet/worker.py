@@ -45,6 +45,7 @@ from spanmetrics.config.views import Budget
 from spanmetrics.decode import REASONS as DECODE_REASONS
 from spanmetrics.decode import DecodeError
 from spanmetrics.export.otlp import encode_records
+from spanmetrics.fleet.health import HealthState
 from spanmetrics.fleet.output import KafkaOutput
 from spanmetrics.fleet.partition import InputPartition, IntervalEngine, cut_records
 from spanmetrics.fleet.prometheus_sinks import PrometheusSinks
@@ -174,6 +175,8 @@ class Worker:
         self._positions: Positions = _Detached()
         self._sender: Sender = _Detached()
         self._started_ns = clock.now_ns()
+        #: What /healthz and /readyz report (fleet/health.py).
+        self.health = HealthState(started_ns=self._started_ns)
         #: Largest record sent to the internal topic.
         self.internal_max_record_bytes = INTERNAL_MAX_RECORD_BYTES
         #: How the worker waits before a retry (the simulation replaces it).
@@ -253,6 +256,7 @@ class Worker:
         if topic == self.deltas_topic:
             self._apply_delta(partition, offset, value or b"")
             return
+        self.health.last_record_ns = self.clock.now_ns()
         part = self._partitions.get(partition)
         if part is None:
             # Delivered after a rebalance took the partition away: its new owner reads it
@@ -357,6 +361,8 @@ class Worker:
             self._parked.clear()
             if resume:
                 await self._commit(resume)
+            self._owned_changed()
+        self.health.joined = True
 
     async def _take_partition(self, p: int, resume: dict[TopicPartition, int]) -> None:
         epoch = await self.store.claim_partition(p)
@@ -410,6 +416,11 @@ class Worker:
                     await self._close_partition(self._partitions[p], "revoked")
                 elif topic == self.deltas_topic and p in self._shards:
                     await self._close_shard(self._shards[p], "revoked")
+            self._owned_changed()
+
+    def _owned_changed(self) -> None:
+        self.health.owns_partitions = bool(self._partitions)
+        self.health.owns_shards = bool(self._shards)
 
     async def stop(self) -> None:
         """Give everything up, as on a revocation (for shutdown)."""
@@ -522,6 +533,7 @@ class Worker:
             )
         )
         self.stats.counters["delta_records_sent"] += len(part.unsent)
+        self.health.last_broker_ok_ns = self.clock.now_ns()
         part.unsent = []
         await self._commit({(self.source_topic, part.partition): part.unsent_end})
 
@@ -565,7 +577,7 @@ class Worker:
                 raise
             owner.stored(prepared)
             await self._lease(owner)
-            self.stats.last_checkpoint_ns = self.clock.now_ns()
+            self.stats.last_checkpoint_ns = self.health.last_checkpoint_ns = self.clock.now_ns()
             self.stats.counters["checkpoint_bytes_written"] += prepared.write.size
             if self.prometheus.enabled and prepared.cumulative is not None:
                 self.prometheus.set_shard(
@@ -643,6 +655,8 @@ class Worker:
             await _each(self._flush_shard_in_flush(owner) for owner in list(self._shards.values()))
             self.stats.active_series = sum(len(o.registry) for o in self._shards.values())
         self.stats.last_flush_seconds = time.perf_counter() - started
+        self.health.lag = sum(self.consumer_lag().values())
+        self._owned_changed()
         await self._publish_telemetry(stamp)
         await self.prometheus.push(stamp // 1_000_000)
         log.info(
@@ -719,6 +733,7 @@ class Worker:
                     request, sink.encoding, sink.producer.max_message_bytes
                 ):
                     await self._sender.send(sink.topic, value, key, ())
+                    self.health.last_broker_ok_ns = self.clock.now_ns()
         except Exception as exc:  # the next flush sends newer telemetry
             self.stats.counters["telemetry_errors"] += 1
             log.warning("%s: telemetry not sent: %r", self.worker_id, exc)

@@ -260,6 +260,10 @@ class StateStore(Protocol):
         """The fleet's current control document (views), or None when none was applied."""
         ...
 
+    async def ping(self) -> None:
+        """Raise when the store does not answer (for the readiness probe)."""
+        ...
+
     async def lease_budgets(self, shard: int, requests: list[LeaseRequest]) -> list[int]:
         """Grant ``shard`` as many of the slots it asks for as its budgets have left once
         every other shard's lease is counted (its own lease is replaced); all in one step,
@@ -310,6 +314,9 @@ class MemoryStateStore:
     async def load_control(self) -> Control | None:
         """See :meth:`StateStore.load_control`."""
         return self._control
+
+    async def ping(self) -> None:
+        """See :meth:`StateStore.ping`: memory always answers."""
 
     async def lease_budgets(self, shard: int, requests: list[LeaseRequest]) -> list[int]:
         """See :meth:`StateStore.lease_budgets`."""
@@ -431,6 +438,10 @@ class RedisStateStore:
 
     def _control_key(self, suffix: str = "") -> str:
         return f"{self.prefix}:{{control}}{suffix}"
+
+    async def ping(self) -> None:
+        """See :meth:`StateStore.ping`."""
+        await self._redis.ping()
 
     async def lease_budgets(self, shard: int, requests: list[LeaseRequest]) -> list[int]:
         """See :meth:`StateStore.lease_budgets`."""

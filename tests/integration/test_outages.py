@@ -205,3 +205,62 @@ def test_broker_frozen_for_30_seconds(tmp_path: Path, redis_url: str, redis_pref
     tail = "\n".join(text[-3000:] for text in logs.values())
     assert all(alive.values()), f"a worker died during the outage: {alive}\n{tail}"
     assert output.totals(False) == expected, tail
+
+
+def _probe(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_probes_follow_redis(
+    broker: Any, tmp_path: Path, private_redis: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    """/readyz turns 503 naming the state store while Redis is frozen, and back to 200;
+    /healthz stays 200: a worker waiting for Redis is not one to restart."""
+    url, redis_proc = private_redis
+    suffix = uuid.uuid4().hex[:8]
+    topology = tmp_path / "t.yaml"
+    topology.write_text(yaml.safe_dump({
+        "source": {"topic": f"probe-{suffix}", "broker": broker.url, "group": f"probe-{suffix}",
+                   "dead_letter_topic": f"dlq-{suffix}"},
+        "state": url,
+        "spanmetrics": {"metrics_flush_interval": "1s"},
+        "sinks": [{"kafka": {"topic": f"probe-metrics-{suffix}"}}],
+    }))  # fmt: skip
+    asyncio.run(ensure_topics(broker.bootstrap, {f"probe-{suffix}": 2}))
+    port = find_free_port()
+    fleet = Fleet(topology, tmp_path, ["--health-port", str(port)])
+    try:
+        fleet.start("a")
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                status, body = _probe(port, "/readyz")
+            except OSError:
+                status, body = 0, {}
+            if status == 200:
+                break
+            assert time.monotonic() < deadline, f"never ready: {body}"
+            time.sleep(0.5)
+        assert body["group"] == "joined" and body["state"] == "reachable"
+        assert _probe(port, "/healthz")[0] == 200
+        redis_proc.send_signal(signal.SIGSTOP)
+        try:
+            status, body = _probe(port, "/readyz")
+            assert status == 503 and body["state"] == "unreachable", body
+            assert _probe(port, "/healthz")[0] == 200
+        finally:
+            redis_proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while _probe(port, "/readyz")[0] != 200:
+            assert time.monotonic() < deadline, "not ready again after Redis came back"
+            time.sleep(0.5)
+    finally:
+        fleet.stop_all()

@@ -529,7 +529,13 @@ def check_deployment_and_service(k8s: Doc) -> None:
     # SIGTERM: flush, checkpoint, leave the group. Longer than a 15 s flush interval.
     assert pod["spec"]["terminationGracePeriodSeconds"] >= 30
     for env in container.get("env", []):
-        assert env["name"] in ("SPANMETRICS_BROKER", "SPANMETRICS_STATE", "SPANMETRICS_GROUP")
+        assert env["name"] in ("SPANMETRICS_BROKER", "SPANMETRICS_STATE", "SPANMETRICS_GROUP",
+                               "SPANMETRICS_HEALTH_PORT")  # fmt: skip
+    # The probes are the worker's own: /healthz alive, /readyz ready, on its health port.
+    health = {e["name"]: e.get("value") for e in container["env"]}["SPANMETRICS_HEALTH_PORT"]
+    assert ports["health"] == int(health)
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
 
 
 def check_topology_mount(k8s: Doc) -> None:
