@@ -31,19 +31,26 @@ pytestmark = [pytest.mark.integration, pytest.mark.once]
 OUTAGE_S = 30.0
 
 
+#: The ACL user and password of the private Redis: the workers log in with them.
+USER, PASSWORD = "spanmetrics", "s3cret-Pa55word"
+
+
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A Redis of this test's own, that it may freeze."""
+    """A Redis of this test's own, that it may freeze; it takes an ACL user and password
+    only (the default user is off), as a production Redis would."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed")
     port = find_free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
+    config = tmp_path / "redis.conf"
+    config.write_text(
+        f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly no\ndir {tmp_path}\n'
+        f"user default off\nuser {USER} on >{PASSWORD} ~* &* +@all\n"
+    )
+    proc = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"redis://{USER}:{PASSWORD}@127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url, socket_connect_timeout=1)
     deadline = time.monotonic() + 10
     while True:
@@ -54,6 +61,8 @@ def private_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]
             assert time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.05)
     client.close()
+    with pytest.raises(redis.AuthenticationError):  # without the password: refused
+        redis.Redis(port=port, socket_connect_timeout=1).set("k", "v")
     try:
         yield url, proc
     finally:
@@ -264,3 +273,6 @@ def test_probes_follow_redis(
             time.sleep(0.5)
     finally:
         fleet.stop_all()
+    # The worker logged in with the ACL user's password and never wrote it anywhere.
+    log = (tmp_path / "a.log").read_text()
+    assert "shard" in log and PASSWORD not in log
