@@ -408,6 +408,66 @@ class SpanMetricsConfig(_Strict):
         return ignored
 
 
+def _readable(path: str | None) -> str | None:
+    """A file the worker will need: said at validation when it cannot be read."""
+    if path is not None:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as err:
+            raise ValueError(f"cannot read {path!r}: {err.strerror}") from None
+    return path
+
+
+class TLSConfig(_Strict):
+    """TLS to Kafka, with the keys of the Collector's Kafka receiver and exporter."""
+
+    ca_file: str | None = None
+    """CA certificates to verify the brokers with (default: the system's)."""
+    cert_file: str | None = None
+    """Client certificate, for mutual TLS (with ``key_file``)."""
+    key_file: str | None = None
+    """Client private key."""
+    insecure: bool = False
+    """True: no TLS at all (plaintext), as in Collector configs."""
+    insecure_skip_verify: bool = False
+    """Use TLS without verifying the brokers' certificates (testing only)."""
+    server_name_override: str | None = None
+    """Not supported by the Kafka client used here: give the brokers certificates for the
+    names clients connect to, or ``insecure_skip_verify``."""
+
+    _files = field_validator("ca_file", "cert_file", "key_file")(_readable)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give 'cert_file' and 'key_file' together")
+        if self.server_name_override is not None:
+            raise ValueError(
+                "server_name_override: not supported by the Kafka client here; use "
+                "certificates for the broker names, or insecure_skip_verify"
+            )
+        return self
+
+
+class SASLConfig(_Strict):
+    """SASL to Kafka."""
+
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+    """The mechanism the brokers take."""
+    username: str = Field(min_length=1)
+    """User name."""
+    password: str = Field(min_length=1, repr=False)
+    """Password: write it ``${env:NAME}`` or ``${file:PATH}`` so it never sits in the file."""
+
+
+class AuthConfig(_Strict):
+    """Authentication to Kafka."""
+
+    sasl: SASLConfig | None = None
+    """SASL (over TLS when ``tls`` is set)."""
+
+
 class SourceConfig(_Strict):
     """Where spans come from."""
 
@@ -423,6 +483,10 @@ class SourceConfig(_Strict):
     """Where a partition with no checkpoint starts reading."""
     dead_letter_topic: str = defaults.DEFAULT_DEAD_LETTER_TOPIC
     """Topic for records that cannot be decoded."""
+    tls: TLSConfig | None = None
+    """TLS to the brokers; also used by the Kafka sinks (the same cluster)."""
+    auth: AuthConfig | None = None
+    """Authentication to the brokers; also used by the Kafka sinks."""
 
     @field_validator("broker")
     @classmethod

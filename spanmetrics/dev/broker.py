@@ -142,8 +142,9 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(chunks)
 
 
-def _probe(host: str, port: int, timeout_s: float) -> bool:
-    """Whether a Kafka broker on ``host:port`` answers ApiVersions and advertises ``port``.
+def _probe(host: str, port: int, timeout_s: float, advertised: int | None = None) -> bool:
+    """Whether a Kafka broker on ``host:port`` answers ApiVersions and advertises ``port``
+    (or ``advertised``).
 
     A bare TCP connect is not enough: the listener can accept before the broker serves
     requests. ApiVersions is what every client sends first; Metadata (v0, all topics) then
@@ -170,7 +171,7 @@ def _probe(host: str, port: int, timeout_s: float) -> bool:
             ports.append(broker_port)
     except struct.error:
         return False
-    return port in ports
+    return (advertised or port) in ports
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
@@ -201,6 +202,7 @@ class EmbeddedBroker:
         startup_timeout_s: float = 15.0,
         stop_timeout_s: float = 5.0,
         extra_args: Sequence[str] = (),
+        advertised_port: int | None = None,
     ) -> None:
         """Configure, without starting.
 
@@ -211,6 +213,8 @@ class EmbeddedBroker:
             startup_timeout_s: how long :meth:`start` waits for the broker to serve requests.
             stop_timeout_s: how long :meth:`stop` waits after SIGTERM before SIGKILL.
             extra_args: more ``tansu broker`` options, appended as given.
+            advertised_port: the port clients are told to connect to, when it is not the
+                one it listens on (a TLS proxy such as socat in front of it).
         """
         self.host = host
         self._requested_port = port or None
@@ -219,6 +223,7 @@ class EmbeddedBroker:
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.extra_args = tuple(extra_args)
+        self.advertised_port = advertised_port
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.returncode: int | None = None
@@ -287,13 +292,14 @@ class EmbeddedBroker:
 
     def _spawn(self, binary: str, port: int) -> None:
         listener = f"tcp://{self.host}:{port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port or port}"
         args = [
             binary,
             "broker",
             "--listener-url",
             listener,
             "--advertised-listener-url",
-            listener,
+            advertised,
             "--storage-engine",
             "memory://tansu/",
             *self.extra_args,
@@ -328,7 +334,7 @@ class EmbeddedBroker:
                     f"the broker exited with status {self._process.returncode} while starting "
                     f"on {self.host}:{self._port}; its log ends with:\n{self.log_tail()}"
                 )
-            if _probe(self.host, self.port, timeout_s=1.0):
+            if _probe(self.host, self.port, timeout_s=1.0, advertised=self.advertised_port):
                 return
             if time.monotonic() >= deadline:
                 raise BrokerError(

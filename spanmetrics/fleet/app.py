@@ -34,6 +34,7 @@ from spanmetrics.config.model import Topology
 from spanmetrics.fleet.health import HealthServer
 from spanmetrics.fleet.worker import INTERNAL_MAX_RECORD_BYTES, Headers, Worker
 from spanmetrics.kafka.admin import ensure_topics, topic_partitions
+from spanmetrics.kafka.security import client_options, faust_credentials
 from spanmetrics.net import find_free_port
 
 #: Seconds between two reads of the fleet's control document (views).
@@ -73,8 +74,11 @@ class _Positions:
 class _Sender:
     """The worker's own aiokafka producer (faust's is reserved for faust's topics)."""
 
-    def __init__(self, bootstrap: str, max_record_bytes: int) -> None:
+    def __init__(
+        self, bootstrap: str, max_record_bytes: int, options: dict[str, Any] | None = None
+    ) -> None:
         self._bootstrap = bootstrap
+        self._options = options or {}
         self._max_request_size = max_record_bytes + 64 * 1024  # + batch and record framing
         self._producer: AIOKafkaProducer | None = None
 
@@ -84,6 +88,7 @@ class _Sender:
             bootstrap_servers=self._bootstrap,
             linger_ms=5,
             max_request_size=self._max_request_size,
+            **self._options,
         )
         await self._producer.start()
 
@@ -186,6 +191,7 @@ def build_app(
         broker_session_timeout=GROUP_TIMEOUT_S,
         broker_rebalance_timeout=GROUP_TIMEOUT_S,
         broker_heartbeat_interval=GROUP_TIMEOUT_S / 4,
+        broker_credentials=faust_credentials(source),
         web_enabled=False,
         web_port=find_free_port(),  # faust binds it even when its web server is off
         web_bind="127.0.0.1",
@@ -201,7 +207,7 @@ def build_app(
         else None
     )  # fmt: skip
     max_record = max(worker.output.max_message_bytes, INTERNAL_MAX_RECORD_BYTES)
-    app.spanmetrics_sender = _Sender(worker.bootstrap, max_record)
+    app.spanmetrics_sender = _Sender(worker.bootstrap, max_record, client_options(source))
     worker.attach(_Positions(app), app.spanmetrics_sender, n_shards)
     spans = app.topic(source.topic, key_type=bytes, value_type=bytes, acks=False)
     deltas = app.topic(worker.deltas_topic, key_type=bytes, value_type=bytes, acks=False)
@@ -252,10 +258,13 @@ async def prepare_topics(worker: Worker) -> int:
     of shards (the internal topic's partitions: the input's partition count when it is
     created, fixed from then on)."""
     source = worker.topology.source
-    n_partitions = await topic_partitions(worker.bootstrap, source.topic) or 0
+    options = client_options(source)
+    n_partitions = await topic_partitions(worker.bootstrap, source.topic, options) or 0
     if n_partitions <= 0:
         raise SystemExit(f"source.topic: topic {source.topic!r} does not exist on the broker")
-    counts = await ensure_topics(worker.bootstrap, {worker.deltas_topic: n_partitions})
+    counts = await ensure_topics(
+        worker.bootstrap, {worker.deltas_topic: n_partitions}, options=options
+    )
     return counts[worker.deltas_topic]
 
 

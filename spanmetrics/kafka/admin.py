@@ -33,12 +33,13 @@ def bootstrap_servers(url: str) -> str:
     return url.strip().removeprefix("kafka://").rstrip("/")
 
 
-async def _admin(bootstrap: str) -> Any:
+async def _admin(bootstrap: str, options: Mapping[str, Any] | None = None) -> Any:
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers(bootstrap), client_id="spanmetrics-admin"
-    )
+        bootstrap_servers=bootstrap_servers(bootstrap), client_id="spanmetrics-admin",
+        **(options or {}),
+    )  # fmt: skip
     try:
         await admin.start()
     except BaseException:
@@ -64,7 +65,9 @@ async def _partitions(admin: Any, name: str) -> int | None:
     return None
 
 
-async def topic_partitions(bootstrap: str, name: str) -> int | None:
+async def topic_partitions(
+    bootstrap: str, name: str, options: Mapping[str, Any] | None = None
+) -> int | None:
     """Number of partitions of topic ``name``, or None if it does not exist.
 
     ``bootstrap`` is ``host:port`` or ``kafka://host:port``. Does not create the topic.
@@ -72,7 +75,7 @@ async def topic_partitions(bootstrap: str, name: str) -> int | None:
     Raises:
         aiokafka.errors.KafkaError: the broker cannot be reached.
     """
-    admin = await _admin(bootstrap)
+    admin = await _admin(bootstrap, options)
     try:
         return await _partitions(admin, name)
     finally:
@@ -148,6 +151,7 @@ async def ensure_topics(
     *,
     replication_factor: int = 1,
     timeout_s: float = 10.0,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, int]:
     """Make sure each topic exists, creating missing ones with the given partition count.
 
@@ -161,13 +165,19 @@ async def ensure_topics(
         aiokafka.errors.KafkaError: the broker cannot be reached.
     """
     result = await _create_many(
-        bootstrap, topics, replication_factor=replication_factor, timeout_s=timeout_s
-    )
+        bootstrap, topics, replication_factor=replication_factor, timeout_s=timeout_s,
+        options=options,
+    )  # fmt: skip
     return {name: count for name, (_, count) in result.items()}
 
 
 async def _create_many(
-    bootstrap: str, topics: Mapping[str, int], *, replication_factor: int, timeout_s: float
+    bootstrap: str,
+    topics: Mapping[str, int],
+    *,
+    replication_factor: int,
+    timeout_s: float,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, tuple[bool, int]]:
     for name, partitions in topics.items():
         if partitions < 1:
@@ -177,7 +187,7 @@ async def _create_many(
     if not topics:
         return {}
     deadline = time.monotonic() + timeout_s
-    admin = await _admin(bootstrap)
+    admin = await _admin(bootstrap, options)
     try:
         missing = {}
         existing: dict[str, int] = {}

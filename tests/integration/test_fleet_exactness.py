@@ -104,10 +104,11 @@ async def produce(bootstrap: str, topic: str, generator: SpanGenerator, records:
 class Output:
     """Everything published on the metrics topic, read as it arrives."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, **options: Any) -> None:
         self.consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-        )
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None,
+            **options,
+        )  # fmt: skip
         self.history: dict[tuple[str, Any], list[tuple[int, int, int]]] = defaultdict(list)
         self.records = 0
 
