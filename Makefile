@@ -6,15 +6,15 @@ STAMP  := $(VENV)/.installed
 TOPOLOGY ?= topologies/red.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo test lint fmt typecheck unit simulate fuzz bench bench-fleet proto up down clean
+.PHONY: help install run demo test lint fmt typecheck unit simulate fuzz bench bench-fleet proto up down clean lock audit
 
 help: ## List the commands
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml spanmetrics/decode/_scan.c
+$(STAMP): pyproject.toml requirements.lock spanmetrics/decode/_scan.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,embedded]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,embedded]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv with the project and its dev and embedded extras
@@ -78,3 +78,13 @@ up: ## The whole stack in Docker: Kafka, Collector, load, 3 workers, Redis, Prom
 down: ## Stop the Docker stack and delete its volumes
 	@docker compose version >/dev/null 2>&1 || { echo "make down needs a Docker engine with compose v2 (docker compose version failed)"; exit 1; }
 	$(COMPOSE) down -v
+
+lock: ## Re-pin requirements.lock from a fresh install of the dependencies' newest versions
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip && .lock-venv/bin/pip install --quiet -e '.[dev,embedded]'
+	(head -2 requirements.lock && .lock-venv/bin/pip freeze --exclude-editable) > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
+
+audit: $(STAMP) ## Known vulnerabilities in requirements.lock (pip-audit; not part of CI)
+	$(BIN)/pip install --quiet pip-audit
+	$(BIN)/pip-audit --requirement requirements.lock --no-deps --disable-pip

@@ -276,3 +276,61 @@ def test_probes_follow_redis(
     # The worker logged in with the ACL user's password and never wrote it anywhere.
     log = (tmp_path / "a.log").read_text()
     assert "shard" in log and PASSWORD not in log
+
+
+def test_a_worker_checkpoints_to_redis_over_tls(broker: Any, tmp_path: Path) -> None:
+    """``rediss://`` with the CA in the URL, as redis-py reads it: a worker joins, checkpoints
+    and is ready, with Redis serving TLS only."""
+    from tests.integration.test_kafka_tls import make_certificates
+
+    binary = shutil.which("redis-server")
+    if binary is None or shutil.which("openssl") is None:
+        pytest.skip("redis-server and openssl are needed")
+    ca, cert, key = make_certificates(tmp_path)
+    port = find_free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+         "--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"
+    suffix = uuid.uuid4().hex[:8]
+    topology = tmp_path / "t.yaml"
+    topology.write_text(yaml.safe_dump({
+        "source": {"topic": f"tlsr-{suffix}", "broker": broker.url, "group": f"tlsr-{suffix}",
+                   "dead_letter_topic": f"dlq-{suffix}"},
+        "state": url,
+        "spanmetrics": {"metrics_flush_interval": "1s"},
+        "sinks": [{"kafka": {"topic": f"tlsr-metrics-{suffix}"}}],
+    }))  # fmt: skip
+    asyncio.run(ensure_topics(broker.bootstrap, {f"tlsr-{suffix}": 2}))
+    health = find_free_port()
+    fleet = Fleet(topology, tmp_path, ["--health-port", str(health)])
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                assert time.monotonic() < deadline, "redis-server did not serve TLS"
+                time.sleep(0.05)
+        fleet.start("a")
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                status, body = _probe(health, "/readyz")
+            except OSError:
+                status, body = 0, {}
+            if status == 200 and body.get("checkpoint") == "ok":
+                break
+            assert time.monotonic() < deadline, f"never ready over TLS: {body}"
+            time.sleep(0.5)
+        assert client.keys(f"spanmetrics:tlsr-{suffix}:*"), "nothing checkpointed"
+        client.close()
+    finally:
+        fleet.stop_all()
+        proc.terminate()
+        proc.wait(timeout=10)

