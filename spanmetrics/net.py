@@ -26,3 +26,34 @@ def redact_url(url: str) -> str:
         return url
     user = f"{parsed.username}:***@" if parsed.username else ":***@"
     return parsed._replace(netloc=user + parsed.netloc.rsplit("@", 1)[1]).geturl()
+
+
+#: The scheme of Sentinel URLs.
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str | None, str | None]:
+    """``(sentinels, service, db, username, password)`` of a Sentinel URL.
+
+    Raises:
+        ValueError: no Sentinel, a port that is not a number, or no service name.
+    """
+    rest = url.split("://", 1)[1]
+    credentials, _, rest = rest.rpartition("@")
+    hosts, _, path = rest.partition("/")
+    username = password = None
+    if credentials:
+        user, _, secret = credentials.partition(":")
+        username, password = (user or None), (secret or None)
+    sentinels = []
+    for address in hosts.split(","):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"a Sentinel address is HOST:PORT, got {address!r}")
+        sentinels.append((host, int(port)))
+    service, _, db = path.partition("/")
+    if not service:
+        raise ValueError("a Sentinel URL names the service: redis+sentinel://HOST:PORT/SERVICE")
+    if db and not db.isdigit():
+        raise ValueError(f"the database is a number, got {db!r}")
+    return sentinels, service, int(db or 0), username, password

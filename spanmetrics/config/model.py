@@ -24,7 +24,7 @@ from spanmetrics.config.base import Strict as _Strict
 from spanmetrics.config.durations import parse_duration
 from spanmetrics.config.rules import DeriveConfig
 from spanmetrics.config.views import Budget, SpanFilters, SpanNameRule, View, check_views
-from spanmetrics.net import redact_url
+from spanmetrics.net import parse_sentinel_url, redact_url
 
 #: Record encodings of the Collector's Kafka exporter that we read and write.
 Encoding = Literal["otlp_proto", "otlp_json"]
@@ -584,6 +584,14 @@ class SinkConfig(_Strict):
         return self
 
 
+def _sentinel_url(url: str) -> str:
+    try:
+        parse_sentinel_url(url)
+    except ValueError as err:
+        raise ValueError(f"{err} (in {redact_url(url)!r})") from None
+    return url
+
+
 def _default_sinks() -> tuple[SinkConfig, ...]:
     return (SinkConfig(kafka=KafkaSinkConfig()),)
 
@@ -656,6 +664,8 @@ class Topology(_Strict):
     @classmethod
     def _state_url(cls, url: str) -> str:
         scheme = url.split("://", 1)[0] if "://" in url else ""
+        if scheme == "redis+sentinel":
+            return _sentinel_url(url)
         if scheme not in ("memory", "redis", "rediss", "unix"):
             raise ValueError(f"expected memory:// or redis://HOST:PORT/DB, got {redact_url(url)!r}")
         if scheme in ("redis", "rediss"):

@@ -24,11 +24,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 from urllib.parse import urlparse
 
 from spanmetrics.aggregate.budgets import LeaseRequest
-from spanmetrics.net import redact_url
+from spanmetrics.net import SENTINEL_SCHEME, parse_sentinel_url, redact_url
 from spanmetrics.state.codec import (
     Applied,
     OutputRecord,
@@ -424,9 +424,7 @@ class RedisStateStore:
     """State in Redis (``redis://host:port/db``), shared by the fleet."""
 
     def __init__(self, url: str, group: str) -> None:
-        import redis.asyncio as aioredis
-
-        self._redis = aioredis.Redis.from_url(url)
+        self._redis = _client(url)
         #: The URL without its password (for messages).
         self.url = redact_url(url)
         self.prefix = f"spanmetrics:{group}"
@@ -584,6 +582,21 @@ class RedisStateStore:
         await self._redis.aclose()
 
 
+def _client(url: str) -> Any:
+    """A Redis client for ``redis://``, ``rediss://``, ``unix://``, or
+    ``redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]``: the current
+    primary of SERVICE, found through the Sentinels, and found again after a failover."""
+    import redis.asyncio as aioredis
+
+    if not url.startswith(SENTINEL_SCHEME + "://"):
+        return aioredis.Redis.from_url(url)
+    from redis.asyncio.sentinel import Sentinel
+
+    sentinels, service, db, username, password = parse_sentinel_url(url)
+    sentinel = Sentinel(sentinels, socket_timeout=5.0)  # type: ignore[no-untyped-call]
+    return sentinel.master_for(service, db=db, username=username, password=password)
+
+
 def open_store(url: str, group: str) -> StateStore:
     """A store for ``memory://`` or ``redis://host:port/db``.
 
@@ -593,6 +606,6 @@ def open_store(url: str, group: str) -> StateStore:
     scheme = urlparse(url).scheme
     if scheme == "memory":
         return MemoryStateStore()
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", SENTINEL_SCHEME):
         return RedisStateStore(url, group)
     raise ValueError(f"state: unknown URL scheme {scheme!r}, expected memory:// or redis://")

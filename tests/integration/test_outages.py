@@ -334,3 +334,133 @@ def test_a_worker_checkpoints_to_redis_over_tls(broker: Any, tmp_path: Path) -> 
         fleet.stop_all()
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def _wait_redis(port: int, what: str) -> None:
+    client = redis.Redis(port=port, socket_connect_timeout=1)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.RedisError:
+            assert time.monotonic() < deadline, f"{what} did not start"
+            time.sleep(0.05)
+        finally:
+            client.close()
+
+
+def test_a_sentinel_failover_keeps_the_counts_exact(broker: Any, tmp_path: Path) -> None:
+    """A primary, a replica and a Sentinel; the worker finds the primary through the
+    Sentinel, and after the primary is killed, the promoted replica. Spans sent before and
+    after are all counted."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    primary_port, replica_port, sentinel_port = (find_free_port() for _ in range(3))
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+    primary = subprocess.Popen([binary, "--port", str(primary_port), *common],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    replica = subprocess.Popen(
+        [binary, "--port", str(replica_port), "--replicaof", "127.0.0.1", str(primary_port),
+         *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor spanmetrics 127.0.0.1 {primary_port} 1\n"
+        "sentinel down-after-milliseconds spanmetrics 1000\n"
+        "sentinel failover-timeout spanmetrics 5000\n"
+    )
+    sentinel = subprocess.Popen([binary, str(conf), "--sentinel"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    procs = [primary, replica, sentinel]
+    suffix = uuid.uuid4().hex[:8]
+    topic, metrics = f"sent-{suffix}", f"sent-metrics-{suffix}"
+    topology = tmp_path / "t.yaml"
+    topology.write_text(yaml.safe_dump({
+        "source": {"topic": topic, "broker": broker.url, "group": f"sent-{suffix}",
+                   "dead_letter_topic": f"dlq-{suffix}"},
+        "state": f"redis+sentinel://127.0.0.1:{sentinel_port}/spanmetrics/0",
+        "spanmetrics": {"metrics_flush_interval": "1s"},
+        "sinks": [{"kafka": {"topic": metrics}}],
+    }))  # fmt: skip
+    fleet = Fleet(topology, tmp_path)
+    generator = SpanGenerator(seed=23)
+    seen: list[str] = []
+
+    def primary_of_sentinel() -> int:
+        client = redis.Redis(port=sentinel_port, socket_connect_timeout=1)
+        try:
+            _host, port = client.execute_command("SENTINEL", "get-master-addr-by-name",
+                                                 "spanmetrics")  # fmt: skip
+            return int(port)
+        finally:
+            client.close()
+
+    def in_sync() -> bool:
+        p = redis.Redis(port=primary_port).info("replication")
+        r = redis.Redis(port=replica_port).info("replication")
+        return bool(p.get("connected_slaves")) and r.get("master_repl_offset") == p.get(
+            "master_repl_offset"
+        )
+
+    async def scenario() -> tuple[Any, Output]:
+        await ensure_topics(broker.bootstrap, {topic: 2, metrics: 1})
+        output = Output(broker.bootstrap, metrics)
+        await output.consumer.start()
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        sent: list[Any] = []
+
+        async def send(n: int) -> None:
+            for _ in range(n):
+                req = generator.batch_request(100)
+                await producer.send_and_wait(topic, encode_request(req, "otlp_proto"))
+                sent.append(req)
+
+        async def counted() -> bool:
+            deadline = time.monotonic() + 120
+            while output.totals(False) != expected_counts(sent):
+                if time.monotonic() > deadline:
+                    return False
+                await output.poll()
+            return True
+
+        try:
+            fleet.start("a")
+            await send(10)
+            assert await counted(), "not counted before the failover"
+            deadline = time.monotonic() + 20
+            while not in_sync():  # the replica holds every checkpoint written so far
+                assert time.monotonic() < deadline, "the replica never caught up"
+                await asyncio.sleep(0.1)
+            primary.kill()
+            seen.append("primary killed")
+            deadline = time.monotonic() + 60
+            while primary_of_sentinel() != replica_port:
+                assert time.monotonic() < deadline, "the Sentinel did not fail over"
+                await asyncio.sleep(0.2)
+            seen.append("replica promoted")
+            await send(10)
+            assert await counted(), "not counted after the failover"
+            return expected_counts(sent), output
+        finally:
+            await producer.stop()
+            await output.consumer.stop()
+
+    try:
+        _wait_redis(primary_port, "the primary")
+        _wait_redis(replica_port, "the replica")
+        _wait_redis(sentinel_port, "the Sentinel")
+        expected, output = asyncio.run(scenario())
+        alive = fleet.procs["a"].poll() is None
+    finally:
+        fleet.stop_all()
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+    print("\n".join(seen))
+    logs = "\n".join(p.read_text()[-3000:] for p in tmp_path.glob("*.log"))
+    assert alive, logs
+    assert output.totals(False) == expected, logs

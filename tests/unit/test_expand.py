@@ -88,3 +88,16 @@ def test_good_broker_and_state_urls_pass() -> None:
                         "state": "redis://user:pw@redis:6379/2"})  # fmt: skip
     assert t.source.broker == "kafka://a:9092,b:9093"
     assert parse_topology({"source": {"broker": "127.0.0.1:9092"}}).source.broker
+
+
+def test_sentinel_urls() -> None:
+    from spanmetrics.config.load import parse_topology
+    from spanmetrics.net import parse_sentinel_url
+
+    url = "redis+sentinel://user:pw@s1:26379,s2:26380/mymaster/3"
+    assert parse_topology({"state": url}).state == url
+    assert parse_sentinel_url(url) == ([("s1", 26379), ("s2", 26380)], "mymaster", 3, "user", "pw")
+    for bad in ("redis+sentinel://s1/mymaster", "redis+sentinel://s1:26379/"):
+        with pytest.raises(ConfigError) as err:
+            parse_topology({"state": bad})
+        assert str(err.value).count("state:") == 1
