@@ -1,4 +1,5 @@
-"""``spanmetrics views apply|list|diff``: the fleet-wide control document in Redis.
+"""``spanmetrics views apply|list|diff``: the fleet-wide control document in Redis (views,
+span filters, span-name rules, budgets).
 
 Workers read it every second and switch at their next flush (README "Views in a running
 fleet"). ``apply`` validates the whole topology it makes before anything is stored.
@@ -160,9 +161,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     views = sub.add_parser(
         "views",
         help="views for a whole running fleet, in Redis: apply, list, diff",
-        description="Views, span filters and span-name rules that every worker of a fleet "
-        "runs, stored in Redis with versions and an audit trail. Workers switch to a new "
-        "version at their next flush, within seconds of apply.",
+        description="Views, span filters, span-name rules and series budgets that every "
+        "worker of a fleet runs, stored in Redis with versions and an audit trail. Workers "
+        "switch to a new version at their next flush, within seconds of apply.",
     )
     commands = views.add_subparsers(dest="views_command", required=True, metavar="COMMAND")
 
@@ -175,7 +176,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     apply = commands.add_parser("apply", help="validate FILE and make it the fleet's views")
     apply.add_argument("file", metavar="FILE",
-                       help="YAML with views, span_filters and span_names")  # fmt: skip
+                       help="YAML with views, span_filters, span_names and budgets")  # fmt: skip
     apply.add_argument("--who", help="name in the audit trail (default: user@host)")
     common(apply)
     apply.set_defaults(func=cmd_apply)

@@ -34,6 +34,10 @@ class IntervalEngine(Protocol):
 
     counters: Counter[str]
 
+    @property
+    def active_series(self) -> int:
+        """Series held."""
+
     def consume_record(self, value: bytes, encoding: Encoding) -> None:
         """Aggregate one record (raises ``DecodeError``)."""
 

@@ -72,6 +72,9 @@ _DEAD_LETTER_ATTEMPTS = 5
 
 #: Largest record of the internal topic (Kafka's default ``message.max.bytes``, about 1 MB).
 INTERNAL_MAX_RECORD_BYTES = DEFAULT_MAX_MESSAGE_BYTES
+#: Series a partition's interval holds at most before it is cut (about 1.7 kB each): stage
+#: 1 has no cardinality limit of its own, so this bounds its memory per partition.
+INTERVAL_MAX_SERIES = 50_000
 
 
 class Positions(Protocol):
@@ -179,6 +182,8 @@ class Worker:
         self.health = HealthState(started_ns=self._started_ns)
         #: Largest record sent to the internal topic.
         self.internal_max_record_bytes = INTERNAL_MAX_RECORD_BYTES
+        #: Series a partition's interval may hold before it is cut early.
+        self.interval_max_series = INTERVAL_MAX_SERIES
         #: How the worker waits before a retry (the simulation replaces it).
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
@@ -288,6 +293,12 @@ class Worker:
             await self._dead_letter(topic, partition, offset, value, key, error)
         if part.replay_end is not None and part.next_offset >= part.replay_end:
             await self._finish_replay(part)
+        elif part.engine.active_series > self.interval_max_series:
+            # Bounded memory whatever the input's cardinality (limits and budgets apply in
+            # the shards): cut now. Where depends only on the records read, so a cut read
+            # again ends at the same offset.
+            self.stats.counters["cuts_for_size"] += 1
+            await self._cut_in_flush(part)
 
     def _apply_delta(self, shard: int, offset: int, value: bytes) -> None:
         owner = self._shards.get(shard)

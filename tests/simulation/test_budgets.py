@@ -128,3 +128,38 @@ def test_the_readme_budgets_parse_in_a_topology_and_in_a_control_document() -> N
         (CALLS, None, 20000), (None, "checkout", 2000)]  # fmt: skip
     live = with_control(parse_topology({}), block.group(1), "budgets.yaml")
     assert live.budgets == t.budgets
+
+
+def test_an_interval_is_cut_early_past_its_series_bound() -> None:
+    # Stage 1 keeps every series of an interval until its cut: past a bound it cuts at
+    # once, so that a cardinality attack cannot grow a worker's memory; counts stay exact.
+    t = parse_topology({
+        "source": {"topic": "spans", "group": "bound"},
+        "spanmetrics": {"dimensions": [{"name": "user.id"}], "metrics_flush_interval": "1s",
+                        "aggregation_cardinality_limit": 20},
+        "sinks": [{"kafka": {"topic": "metrics"}}],
+    })  # fmt: skip
+    fleet = SimFleet(t, partitions=1, shards=1)
+    node = fleet.start("a")
+    node.worker.interval_max_series = 25
+    rng = random.Random(9)
+    sent = 0
+
+    async def run() -> None:
+        nonlocal sent
+        await fleet.rebalance({"a": [("spans", 0), (fleet.deltas, 0)]})
+        for _ in range(20):  # 20 records of 10 new user.ids each, in one interval
+            fleet.produce(0, request(resource({"service.name": "shop"}, *(
+                span("GET /", SERVER, attributes={"user.id": f"u{rng.randrange(10**9)}"})
+                for _ in range(10)))))  # fmt: skip
+            sent += 10
+        while items := fleet.deliverable(node, "spans"):
+            await fleet.deliver(node, *items[0])
+            assert node.worker._partitions[0].engine.active_series <= 25 + 10
+        await fleet.pump(flushes=2)
+
+    asyncio.run(run())
+    assert node.worker.stats.counters["cuts_for_size"] >= 6
+    last = last_points(fleet)
+    assert sum(last.values()) == sent  # the limit folds the rest into overflow, exactly
+    assert len([k for k in last if ("otel.metric.overflow", "true") not in k[1]]) <= 20
