@@ -1,11 +1,10 @@
 """Outages survived with nothing lost: Redis frozen for 30 s (SIGSTOP, then SIGCONT) while
-spans flow into two workers. The workers live through it, publish nothing they cannot
-checkpoint, catch up, and every span is counted exactly."""
+spans flow into two workers, and a Sentinel failover; the probes while Redis is frozen;
+Redis with an ACL user, and over TLS. Every span is counted exactly."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import subprocess
@@ -141,78 +140,6 @@ def test_redis_frozen_for_30_seconds(
     tail = "\n".join(text[-3000:] for text in logs.values())
     assert all(alive.values()), f"a worker died during the outage: {alive}\n{tail}"
     assert not any("Traceback" in text and "Crashed" in text for text in logs.values()), tail
-    assert output.totals(False) == expected, tail
-
-
-def test_broker_frozen_for_30_seconds(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
-    """The broker process paused mid-stream: the workers wait, reconnect and catch up."""
-    from spanmetrics.dev.broker import EmbeddedBroker
-
-    suffix = uuid.uuid4().hex[:8]
-    topic, metrics = f"bout-{suffix}", f"bout-metrics-{suffix}"
-    generator = SpanGenerator(seed=22)
-    seen: list[str] = []
-    with EmbeddedBroker() as own:  # this test's own broker: it freezes it
-        topology = tmp_path / "t.yaml"
-        topology.write_text(yaml.safe_dump({
-            "source": {"topic": topic, "broker": own.url, "group": redis_prefix,
-                       "dead_letter_topic": f"dlq-{suffix}"},
-            "state": redis_url,
-            "spanmetrics": {"metrics_flush_interval": "1s"},
-            "sinks": [{"kafka": {"topic": metrics}}],
-        }))  # fmt: skip
-        fleet = Fleet(topology, tmp_path)
-
-        async def scenario() -> tuple[Any, Output]:
-            await ensure_topics(own.bootstrap, {topic: 4, metrics: 1})
-            output = Output(own.bootstrap, metrics)
-            await output.consumer.start()
-            producer = AIOKafkaProducer(bootstrap_servers=own.bootstrap)
-            await producer.start()
-            sent: list[Any] = []
-
-            async def send(n: int) -> None:
-                for _ in range(n):
-                    req = generator.batch_request(100)
-                    await producer.send_and_wait(topic, encode_request(req, "otlp_proto"))
-                    sent.append(req)
-
-            try:
-                fleet.start("a")
-                fleet.start("b")
-                await send(10)
-                deadline = time.monotonic() + 120
-                while output.records == 0:
-                    assert time.monotonic() < deadline, "the fleet published nothing"
-                    await output.poll()
-                await send(10)  # read, maybe not yet cut, when the broker stops
-                assert own.pid is not None
-                os.kill(own.pid, signal.SIGSTOP)
-                seen.append("broker frozen")
-                await asyncio.sleep(OUTAGE_S)  # the outage itself: nothing to await
-                os.kill(own.pid, signal.SIGCONT)
-                seen.append("broker back")
-                await send(10)
-                expected = expected_counts(sent)
-                deadline = time.monotonic() + 150
-                while output.totals(False) != expected and time.monotonic() < deadline:
-                    await output.poll()
-                return expected, output
-            finally:
-                await producer.stop()
-                await output.consumer.stop()
-
-        try:
-            expected, output = asyncio.run(scenario())
-            alive = {name: proc.poll() is None for name, proc in fleet.procs.items()}
-        finally:
-            if own.pid:
-                os.kill(own.pid, signal.SIGCONT)
-            fleet.stop_all()
-    logs = {p.name: p.read_text() for p in tmp_path.glob("*.log")}
-    print("\n".join(seen))
-    tail = "\n".join(text[-3000:] for text in logs.values())
-    assert all(alive.values()), f"a worker died during the outage: {alive}\n{tail}"
     assert output.totals(False) == expected, tail
 
 
@@ -398,6 +325,17 @@ def test_a_sentinel_failover_keeps_the_counts_exact(broker: Any, tmp_path: Path)
         finally:
             client.close()
 
+    def sentinel_knows_the_replica() -> bool:
+        # The Sentinel learns replicas from the primary's INFO, every 10 s: a primary killed
+        # before that leaves it nothing to promote.
+        client = redis.Redis(port=sentinel_port, socket_connect_timeout=1)
+        try:
+            replicas = client.execute_command("SENTINEL", "replicas", "spanmetrics")
+        finally:
+            client.close()
+        # redis-py parses each replica into a dict with is_* flags.
+        return any(not r.get("is_disconnected") and not r.get("is_sdown") for r in replicas)
+
     def in_sync() -> bool:
         p = redis.Redis(port=primary_port).info("replication")
         r = redis.Redis(port=replica_port).info("replication")
@@ -431,6 +369,10 @@ def test_a_sentinel_failover_keeps_the_counts_exact(broker: Any, tmp_path: Path)
             fleet.start("a")
             await send(10)
             assert await counted(), "not counted before the failover"
+            deadline = time.monotonic() + 30
+            while not sentinel_knows_the_replica():
+                assert time.monotonic() < deadline, "the Sentinel never saw the replica"
+                await asyncio.sleep(0.2)
             deadline = time.monotonic() + 20
             while not in_sync():  # the replica holds every checkpoint written so far
                 assert time.monotonic() < deadline, "the replica never caught up"
