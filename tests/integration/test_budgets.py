@@ -15,12 +15,11 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from spanmetrics.decode import decode_metrics
 from spanmetrics.dev.synth import encode_request
 from spanmetrics.kafka.admin import ensure_topics
-from spanmetrics.model.attributes import any_value_to_str
 from spanmetrics.state.store import RedisStateStore
 from tests.integration.test_fleet_exactness import Fleet
+from tests.metric_points import points
 from tests.simulation.test_budgets import CALLS, SERVICES, batch
 
 pytestmark = pytest.mark.integration
@@ -65,19 +64,10 @@ def test_a_budget_holds_across_two_workers(
     async def read(consumer: AIOKafkaConsumer) -> None:
         for records in (await consumer.getmany(timeout_ms=300)).values():
             for record in records:
-                for rm in decode_metrics(record.value, "otlp_proto").resource_metrics:
-                    service = next(any_value_to_str(kv.value) for kv in rm.resource.attributes
-                                   if kv.key == "service.name")  # fmt: skip
-                    for sm in rm.scope_metrics:
-                        for m in sm.metrics:
-                            if m.name != CALLS:
-                                continue
-                            for p in m.sum.data_points:
-                                key = (service, tuple(sorted(
-                                    (kv.key, any_value_to_str(kv.value)) for kv in p.attributes
-                                )))  # fmt: skip
-                                if p.time_unix_nano >= last.get(key, (0, 0))[0]:
-                                    last[key] = (p.time_unix_nano, p.as_int)
+                for p in points(record.value):
+                    key = (p.service, p.labels)
+                    if p.metric == CALLS and p.time_ns >= last.get(key, (0, 0))[0]:
+                        last[key] = (p.time_ns, p.value)
 
     async def scenario() -> int:
         await ensure_topics(broker.bootstrap, {topic: 4, metrics: 1})

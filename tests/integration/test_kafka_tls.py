@@ -16,14 +16,13 @@ from typing import Any
 
 import pytest
 import yaml
-from aiokafka import AIOKafkaProducer
 
 from spanmetrics.config.load import ConfigError, parse_topology
 from spanmetrics.dev.broker import EmbeddedBroker
-from spanmetrics.dev.synth import SpanGenerator, encode_request
 from spanmetrics.kafka.admin import ensure_topics
 from spanmetrics.kafka.security import client_options
 from spanmetrics.net import find_free_port
+from tests.integration.batches import Batches
 from tests.integration.test_fleet_exactness import Fleet, Output, expected_counts
 
 pytestmark = [pytest.mark.integration, pytest.mark.once]
@@ -94,23 +93,18 @@ def test_a_worker_reads_and_writes_over_tls(
         await ensure_topics(bootstrap, {topic: 2, metrics: 1}, options=options)
         output = Output(bootstrap, metrics, **options)
         await output.consumer.start()
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **options)
-        await producer.start()
-        generator = SpanGenerator(seed=5)
-        sent = []
+        batches = Batches(bootstrap, topic, 5, **options)
+        await batches.start()
         try:
             fleet.start("a")
-            for _ in range(10):
-                req = generator.batch_request(100)
-                await producer.send_and_wait(topic, encode_request(req, "otlp_proto"))
-                sent.append(req)
-            expected = expected_counts(sent)
+            await batches.send(10)
+            expected = expected_counts(batches.sent)
             deadline = time.monotonic() + 120
             while output.totals(False) != expected and time.monotonic() < deadline:
                 await output.poll()
             return expected, output
         finally:
-            await producer.stop()
+            await batches.stop()
             await output.consumer.stop()
 
     try:

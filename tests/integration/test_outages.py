@@ -17,11 +17,10 @@ from typing import Any
 import pytest
 import redis
 import yaml
-from aiokafka import AIOKafkaProducer
 
-from spanmetrics.dev.synth import SpanGenerator, encode_request
 from spanmetrics.kafka.admin import ensure_topics
 from spanmetrics.net import find_free_port
+from tests.integration.batches import Batches
 from tests.integration.test_fleet_exactness import Fleet, Output, expected_counts
 
 pytestmark = [pytest.mark.integration, pytest.mark.once]
@@ -85,22 +84,16 @@ def test_redis_frozen_for_30_seconds(
         "sinks": [{"kafka": {"topic": metrics}}],
     }))  # fmt: skip
     fleet = Fleet(topology, tmp_path)
-    generator = SpanGenerator(seed=21)
+    seed = 21
     seen: list[str] = []
 
     async def scenario() -> tuple[Any, Output]:
         await ensure_topics(broker.bootstrap, {topic: 4, metrics: 1})
         output = Output(broker.bootstrap, metrics)
         await output.consumer.start()
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
-        await producer.start()
-        sent: list[Any] = []
-
-        async def send(n: int) -> None:
-            for _ in range(n):
-                req = generator.batch_request(100)
-                await producer.send_and_wait(topic, encode_request(req, "otlp_proto"))
-                sent.append(req)
+        batches = Batches(broker.bootstrap, topic, seed)
+        await batches.start()
+        sent, send = batches.sent, batches.send
 
         try:
             fleet.start("a")
@@ -127,7 +120,7 @@ def test_redis_frozen_for_30_seconds(
             seen.append(f"{output.records - during} records after the outage")
             return expected, output
         finally:
-            await producer.stop()
+            await batches.stop()
             await output.consumer.stop()
 
     try:
@@ -155,36 +148,47 @@ def _probe(port: int, path: str) -> tuple[int, dict[str, Any]]:
         return err.code, json.loads(err.read())
 
 
+def _one_worker(tmp_path: Path, broker: Any, state: str, name: str) -> tuple[Fleet, int]:
+    """A topology on ``state`` with its input topic created, and a fleet of one worker
+    serving its probes on the returned port (not started yet)."""
+    suffix = f"{name}-{uuid.uuid4().hex[:8]}"
+    topology = tmp_path / "t.yaml"
+    topology.write_text(yaml.safe_dump({
+        "source": {"topic": suffix, "broker": broker.url, "group": suffix,
+                   "dead_letter_topic": f"dlq-{suffix}"},
+        "state": state,
+        "spanmetrics": {"metrics_flush_interval": "1s"},
+        "sinks": [{"kafka": {"topic": f"metrics-{suffix}"}}],
+    }))  # fmt: skip
+    asyncio.run(ensure_topics(broker.bootstrap, {suffix: 2}))
+    port = find_free_port()
+    return Fleet(topology, tmp_path, ["--health-port", str(port)]), port
+
+
+def _ready(port: int, timeout_s: float, **expected: str) -> dict[str, Any]:
+    """Wait until /readyz answers 200 (with ``expected`` checks); its body."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            status, body = _probe(port, "/readyz")
+        except OSError:
+            status, body = 0, {}
+        if status == 200 and all(body.get(k) == v for k, v in expected.items()):
+            return body
+        assert time.monotonic() < deadline, f"never ready: {body}"
+        time.sleep(0.5)
+
+
 def test_probes_follow_redis(
     broker: Any, tmp_path: Path, private_redis: tuple[str, subprocess.Popen[bytes]]
 ) -> None:
     """/readyz turns 503 naming the state store while Redis is frozen, and back to 200;
     /healthz stays 200: a worker waiting for Redis is not one to restart."""
     url, redis_proc = private_redis
-    suffix = uuid.uuid4().hex[:8]
-    topology = tmp_path / "t.yaml"
-    topology.write_text(yaml.safe_dump({
-        "source": {"topic": f"probe-{suffix}", "broker": broker.url, "group": f"probe-{suffix}",
-                   "dead_letter_topic": f"dlq-{suffix}"},
-        "state": url,
-        "spanmetrics": {"metrics_flush_interval": "1s"},
-        "sinks": [{"kafka": {"topic": f"probe-metrics-{suffix}"}}],
-    }))  # fmt: skip
-    asyncio.run(ensure_topics(broker.bootstrap, {f"probe-{suffix}": 2}))
-    port = find_free_port()
-    fleet = Fleet(topology, tmp_path, ["--health-port", str(port)])
+    fleet, port = _one_worker(tmp_path, broker, url, "probe")
     try:
         fleet.start("a")
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                status, body = _probe(port, "/readyz")
-            except OSError:
-                status, body = 0, {}
-            if status == 200:
-                break
-            assert time.monotonic() < deadline, f"never ready: {body}"
-            time.sleep(0.5)
+        body = _ready(port, 120)
         assert body["group"] == "joined" and body["state"] == "reachable"
         assert _probe(port, "/healthz")[0] == 200
         redis_proc.send_signal(signal.SIGSTOP)
@@ -194,10 +198,7 @@ def test_probes_follow_redis(
             assert _probe(port, "/healthz")[0] == 200
         finally:
             redis_proc.send_signal(signal.SIGCONT)
-        deadline = time.monotonic() + 30
-        while _probe(port, "/readyz")[0] != 200:
-            assert time.monotonic() < deadline, "not ready again after Redis came back"
-            time.sleep(0.5)
+        _ready(port, 30)  # ready again once Redis answers
     finally:
         fleet.stop_all()
     # The worker logged in with the ACL user's password and never wrote it anywhere.
@@ -222,18 +223,7 @@ def test_a_worker_checkpoints_to_redis_over_tls(broker: Any, tmp_path: Path) -> 
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"
-    suffix = uuid.uuid4().hex[:8]
-    topology = tmp_path / "t.yaml"
-    topology.write_text(yaml.safe_dump({
-        "source": {"topic": f"tlsr-{suffix}", "broker": broker.url, "group": f"tlsr-{suffix}",
-                   "dead_letter_topic": f"dlq-{suffix}"},
-        "state": url,
-        "spanmetrics": {"metrics_flush_interval": "1s"},
-        "sinks": [{"kafka": {"topic": f"tlsr-metrics-{suffix}"}}],
-    }))  # fmt: skip
-    asyncio.run(ensure_topics(broker.bootstrap, {f"tlsr-{suffix}": 2}))
-    health = find_free_port()
-    fleet = Fleet(topology, tmp_path, ["--health-port", str(health)])
+    fleet, health = _one_worker(tmp_path, broker, url, "tlsr")
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=1)
         deadline = time.monotonic() + 10
@@ -245,17 +235,8 @@ def test_a_worker_checkpoints_to_redis_over_tls(broker: Any, tmp_path: Path) -> 
                 assert time.monotonic() < deadline, "redis-server did not serve TLS"
                 time.sleep(0.05)
         fleet.start("a")
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                status, body = _probe(health, "/readyz")
-            except OSError:
-                status, body = 0, {}
-            if status == 200 and body.get("checkpoint") == "ok":
-                break
-            assert time.monotonic() < deadline, f"never ready over TLS: {body}"
-            time.sleep(0.5)
-        assert client.keys(f"spanmetrics:tlsr-{suffix}:*"), "nothing checkpointed"
+        _ready(health, 120, checkpoint="ok")
+        assert client.keys("spanmetrics:tlsr-*"), "nothing checkpointed"
         client.close()
     finally:
         fleet.stop_all()
@@ -313,7 +294,7 @@ def test_a_sentinel_failover_keeps_the_counts_exact(broker: Any, tmp_path: Path)
         "sinks": [{"kafka": {"topic": metrics}}],
     }))  # fmt: skip
     fleet = Fleet(topology, tmp_path)
-    generator = SpanGenerator(seed=23)
+    seed = 23
     seen: list[str] = []
 
     def primary_of_sentinel() -> int:
@@ -347,15 +328,9 @@ def test_a_sentinel_failover_keeps_the_counts_exact(broker: Any, tmp_path: Path)
         await ensure_topics(broker.bootstrap, {topic: 2, metrics: 1})
         output = Output(broker.bootstrap, metrics)
         await output.consumer.start()
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
-        await producer.start()
-        sent: list[Any] = []
-
-        async def send(n: int) -> None:
-            for _ in range(n):
-                req = generator.batch_request(100)
-                await producer.send_and_wait(topic, encode_request(req, "otlp_proto"))
-                sent.append(req)
+        batches = Batches(broker.bootstrap, topic, seed)
+        await batches.start()
+        sent, send = batches.sent, batches.send
 
         async def counted() -> bool:
             deadline = time.monotonic() + 120
@@ -388,7 +363,7 @@ def test_a_sentinel_failover_keeps_the_counts_exact(broker: Any, tmp_path: Path)
             assert await counted(), "not counted after the failover"
             return expected_counts(sent), output
         finally:
-            await producer.stop()
+            await batches.stop()
             await output.consumer.stop()
 
     try:

@@ -20,10 +20,10 @@ from spanmetrics.cli import main
 from spanmetrics.decode import decode_metrics
 from spanmetrics.dev.synth import encode_request
 from spanmetrics.kafka.admin import ensure_topics
-from spanmetrics.model.attributes import any_value_to_str
 from spanmetrics.state.store import RedisStateStore
 from tests.builders import SERVER, request, resource, span
 from tests.integration.test_fleet_exactness import Fleet
+from tests.metric_points import points as record_points
 
 pytestmark = pytest.mark.integration
 
@@ -124,26 +124,17 @@ def test_two_workers_switch_within_seconds_exactly(
     async def read(consumer: AIOKafkaConsumer) -> None:
         for batch_ in (await consumer.getmany(timeout_ms=200)).values():
             for record in batch_:
-                request_ = decode_metrics(record.value, "otlp_proto")
                 key = (record.key or b"").decode()
-                points = []
-                for rm in request_.resource_metrics:
-                    service = next((any_value_to_str(kv.value) for kv in rm.resource.attributes
-                                    if kv.key == "service.name"), "")  # fmt: skip
-                    for sm in rm.scope_metrics:
-                        for m in sm.metrics:
-                            if m.name == "spanmetrics.worker.views_version":
-                                v = int(m.gauge.data_points[0].as_double)
-                                if v == 1:
-                                    versions.setdefault(key, (time.monotonic(), v))
-                            if m.name != CALLS:
-                                continue
-                            for p in m.sum.data_points:
-                                labels = tuple(sorted((kv.key, any_value_to_str(kv.value))
-                                                      for kv in p.attributes))  # fmt: skip
-                                points.append(((service, labels), p.start_time_unix_nano,
-                                               p.time_unix_nano, p.as_int))  # fmt: skip
-                records.append((time.monotonic(), key, points))
+                if key.startswith("worker-"):
+                    gauges = {m.name: m.gauge.data_points[0].as_double
+                              for rm in decode_metrics(record.value, "otlp_proto").resource_metrics
+                              for sm in rm.scope_metrics for m in sm.metrics
+                              if m.HasField("gauge") and m.gauge.data_points}  # fmt: skip
+                    if gauges.get("spanmetrics.worker.views_version") == 1:
+                        versions.setdefault(key, (time.monotonic(), 1))
+                calls = [((p.service, p.labels), p.start_ns, p.time_ns, p.value)
+                         for p in record_points(record.value) if p.metric == CALLS]  # fmt: skip
+                records.append((time.monotonic(), key, calls))
 
     async def scenario() -> tuple[int, float]:
         await ensure_topics(broker.bootstrap, {topic: 4, metrics: 1})

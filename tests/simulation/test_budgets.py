@@ -8,16 +8,12 @@ import asyncio
 import random
 from typing import Any
 
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-)
-
 from spanmetrics.aggregate.budgets import BudgetLedger
 from spanmetrics.aggregate.points import MetricNames
 from spanmetrics.config.load import parse_topology
 from spanmetrics.config.views import Budget
-from spanmetrics.model.attributes import any_value_to_str
 from tests.builders import SERVER, request, resource, span
+from tests.metric_points import points
 from tests.simulation.harness import SimFleet
 
 CALLS = "traces.span.metrics.calls"
@@ -44,20 +40,12 @@ def batch(rng: random.Random) -> Any:
 
 
 def last_points(fleet: SimFleet) -> dict[tuple[str, Any], int]:
+    """The last value of every calls stream: (service, labels) -> calls."""
     last: dict[tuple[str, Any], tuple[int, int]] = {}
     for record in fleet.output():
-        for rm in ExportMetricsServiceRequest.FromString(record.value).resource_metrics:
-            service = next(any_value_to_str(kv.value) for kv in rm.resource.attributes
-                           if kv.key == "service.name")  # fmt: skip
-            for sm in rm.scope_metrics:
-                for m in sm.metrics:
-                    if m.name != CALLS:
-                        continue
-                    for p in m.sum.data_points:
-                        key = (service, tuple(sorted((kv.key, any_value_to_str(kv.value))
-                                                     for kv in p.attributes)))  # fmt: skip
-                        if p.time_unix_nano >= last.get(key, (0, 0))[0]:
-                            last[key] = (p.time_unix_nano, p.as_int)
+        for p in points(record.value):
+            if p.metric == CALLS and p.time_ns >= last.get((p.service, p.labels), (0, 0))[0]:
+                last[(p.service, p.labels)] = (p.time_ns, p.value)
     return {k: v for k, (_, v) in last.items()}
 
 

@@ -11,14 +11,11 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-)
 
 from spanmetrics.config.load import parse_topology
-from spanmetrics.model.attributes import any_value_to_str
 from spanmetrics.state.store import AuditEntry
 from tests.builders import SERVER, request, resource, span
+from tests.metric_points import points as record_points
 from tests.simulation.harness import SimFleet
 
 CALLS = "traces.span.metrics.calls"
@@ -51,23 +48,11 @@ def batch(rng: random.Random, n: int) -> Any:
 
 def calls_points(fleet: SimFleet) -> list[tuple[int, str, list[tuple[Any, int, int, int]]]]:
     """Per output record: its position, sender and calls points (labels, start, time, v)."""
-    out = []
-    for i, record in enumerate(fleet.output()):
-        points = []
-        for rm in ExportMetricsServiceRequest.FromString(record.value).resource_metrics:
-            service = next(any_value_to_str(kv.value) for kv in rm.resource.attributes
-                           if kv.key == "service.name")  # fmt: skip
-            for sm in rm.scope_metrics:
-                for m in sm.metrics:
-                    if m.name != CALLS:
-                        continue
-                    for p in m.sum.data_points:
-                        labels = tuple(sorted((kv.key, any_value_to_str(kv.value))
-                                              for kv in p.attributes))  # fmt: skip
-                        points.append(((service, labels), p.start_time_unix_nano,
-                                       p.time_unix_nano, p.as_int))  # fmt: skip
-        out.append((i, record.sender, points))
-    return out
+    return [
+        (i, record.sender, [((p.service, p.labels), p.start_ns, p.time_ns, p.value)
+                            for p in record_points(record.value) if p.metric == CALLS])
+        for i, record in enumerate(fleet.output())
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("delta", [False, True], ids=["cumulative", "delta"])
