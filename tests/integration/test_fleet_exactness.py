@@ -192,6 +192,11 @@ def test_exact_counts_through_sigkill_and_rebalances(
     fleet = Fleet(topology, tmp_path)
     generator = SpanGenerator(seed=11)
 
+    def cuts_of(name: str) -> int:
+        """The cuts a worker has made, from the counters its last flush logged."""
+        found = re.findall(r"'cuts': (\d+)", (tmp_path / f"{name}.log").read_text())
+        return int(found[-1]) if found else 0
+
     async def scenario() -> tuple[Counter[Labels], Output]:
         await ensure_topics(broker.bootstrap, {topic: PARTITIONS, metrics_topic: 1})
         output = Output(broker.bootstrap, metrics_topic)
@@ -206,8 +211,16 @@ def test_exact_counts_through_sigkill_and_rebalances(
                 assert time.monotonic() < deadline, "the fleet published nothing"
                 await output.poll()
             # Each kill follows new input at once, so the victim dies with records it has
-            # read but not yet checkpointed (checkpoints are 1 s apart).
+            # read but not yet checkpointed (checkpoints are 1 s apart). The first victim
+            # is killed only once it cut some of the new input: its partitions' last cuts
+            # then hold records, which their next owner must re-read.
+            before = cuts_of("a")
             sent += await produce(broker.bootstrap, topic, generator, 30)
+            deadline = time.monotonic() + 60
+            while cuts_of("a") <= before:
+                assert time.monotonic() < deadline, "a never cut the new input"
+                await output.poll(timeout_ms=100)  # reading the output meanwhile
+            sent += await produce(broker.bootstrap, topic, generator, 5)
             fleet.signal("a", signal.SIGKILL)
             fleet.start("c")
             sent += await produce(broker.bootstrap, topic, generator, 30)
@@ -258,7 +271,7 @@ def test_exact_counts_through_sigkill_and_rebalances(
     missing = {k: (expected[k], got.get(k, 0)) for k in expected if got.get(k, 0) != expected[k]}
     assert not missing, f"series with wrong totals (expected, got): {missing}\n{logs}"
     assert set(got) == set(expected)
-    assert sum(expected.values()) == 160 * 200
+    assert sum(expected.values()) == 165 * 200
     if not delta:
         for key, points in output.history.items():
             # One start time per stream, through every kill, stop, scale-out and restart.
