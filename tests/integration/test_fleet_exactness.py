@@ -142,6 +142,16 @@ class Output:
                                     (p.start_time_unix_nano, p.time_unix_nano, p.as_int)
                                 )
 
+    async def wait_for(self, expected: Counter[Labels], delta: bool, timeout_s: float) -> bool:
+        """Read the output until its totals are ``expected``; False when they are not
+        within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while self.totals(delta) != expected:
+            if time.monotonic() > deadline:
+                return False
+            await self.poll()
+        return True
+
     def totals(self, delta: bool) -> Counter[Labels]:
         totals: Counter[Labels] = Counter()
         for (_, labels), points in self.history.items():
@@ -239,11 +249,7 @@ def test_exact_counts_through_sigkill_and_rebalances(
             sent += await produce(broker.bootstrap, topic, generator, 10)
             expected = expected_counts(sent)
             delta = temporality == "delta"
-            deadline = time.monotonic() + 120
-            while output.totals(delta) != expected:
-                if time.monotonic() > deadline:
-                    break
-                await output.poll()
+            await output.wait_for(expected, delta, 120)  # the checks below say what differs
             return expected, output
         finally:
             await output.consumer.stop()

@@ -99,9 +99,7 @@ def test_a_worker_reads_and_writes_over_tls(
             fleet.start("a")
             await batches.send(10)
             expected = expected_counts(batches.sent)
-            deadline = time.monotonic() + 120
-            while output.totals(False) != expected and time.monotonic() < deadline:
-                await output.poll()
+            await output.wait_for(expected, False, 120)
             return expected, output
         finally:
             await batches.stop()

@@ -29,6 +29,22 @@ pytestmark = [pytest.mark.integration, pytest.mark.once]
 OUTAGE_S = 30.0
 
 
+def _wait_redis(url: str, what: str, timeout_s: float = 15.0) -> None:
+    """Wait until the Redis at ``url`` answers a ping."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.RedisError:
+                assert time.monotonic() < deadline, f"{what} did not start"
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
 #: The ACL user and password of the private Redis: the workers log in with them.
 USER, PASSWORD = "spanmetrics", "s3cret-Pa55word"
 
@@ -49,16 +65,7 @@ def private_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]
     proc = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     url = f"redis://{USER}:{PASSWORD}@127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.RedisError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    client.close()
+    _wait_redis(url, "redis-server")
     with pytest.raises(redis.AuthenticationError):  # without the password: refused
         redis.Redis(port=port, socket_connect_timeout=1).set("k", "v")
     try:
@@ -114,9 +121,7 @@ def test_redis_frozen_for_30_seconds(
             seen.append(f"redis back after {time.monotonic() - frozen_at:.0f}s")
             await send(10)
             expected = expected_counts(sent)
-            deadline = time.monotonic() + 120
-            while output.totals(False) != expected and time.monotonic() < deadline:
-                await output.poll()
+            await output.wait_for(expected, False, 120)
             seen.append(f"{output.records - during} records after the outage")
             return expected, output
         finally:
@@ -225,15 +230,8 @@ def test_a_worker_checkpoints_to_redis_over_tls(broker: Any, tmp_path: Path) -> 
     url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"
     fleet, health = _one_worker(tmp_path, broker, url, "tlsr")
     try:
+        _wait_redis(url, "redis-server over TLS")
         client = redis.Redis.from_url(url, socket_connect_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.RedisError:
-                assert time.monotonic() < deadline, "redis-server did not serve TLS"
-                time.sleep(0.05)
         fleet.start("a")
         _ready(health, 120, checkpoint="ok")
         assert client.keys("spanmetrics:tlsr-*"), "nothing checkpointed"
@@ -242,20 +240,6 @@ def test_a_worker_checkpoints_to_redis_over_tls(broker: Any, tmp_path: Path) -> 
         fleet.stop_all()
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def _wait_redis(port: int, what: str) -> None:
-    client = redis.Redis(port=port, socket_connect_timeout=1)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            client.ping()
-            return
-        except redis.RedisError:
-            assert time.monotonic() < deadline, f"{what} did not start"
-            time.sleep(0.05)
-        finally:
-            client.close()
 
 
 def test_a_sentinel_failover_keeps_the_counts_exact(broker: Any, tmp_path: Path) -> None:
@@ -332,18 +316,12 @@ def test_a_sentinel_failover_keeps_the_counts_exact(broker: Any, tmp_path: Path)
         await batches.start()
         sent, send = batches.sent, batches.send
 
-        async def counted() -> bool:
-            deadline = time.monotonic() + 120
-            while output.totals(False) != expected_counts(sent):
-                if time.monotonic() > deadline:
-                    return False
-                await output.poll()
-            return True
-
         try:
             fleet.start("a")
             await send(10)
-            assert await counted(), "not counted before the failover"
+            assert await output.wait_for(expected_counts(sent), False, 120), (
+                "not counted before the failover"
+            )
             deadline = time.monotonic() + 30
             while not sentinel_knows_the_replica():
                 assert time.monotonic() < deadline, "the Sentinel never saw the replica"
@@ -360,16 +338,18 @@ def test_a_sentinel_failover_keeps_the_counts_exact(broker: Any, tmp_path: Path)
                 await asyncio.sleep(0.2)
             seen.append("replica promoted")
             await send(10)
-            assert await counted(), "not counted after the failover"
+            assert await output.wait_for(expected_counts(sent), False, 120), (
+                "not counted after the failover"
+            )
             return expected_counts(sent), output
         finally:
             await batches.stop()
             await output.consumer.stop()
 
     try:
-        _wait_redis(primary_port, "the primary")
-        _wait_redis(replica_port, "the replica")
-        _wait_redis(sentinel_port, "the Sentinel")
+        _wait_redis(f"redis://127.0.0.1:{primary_port}", "the primary")
+        _wait_redis(f"redis://127.0.0.1:{replica_port}", "the replica")
+        _wait_redis(f"redis://127.0.0.1:{sentinel_port}", "the Sentinel")
         expected, output = asyncio.run(scenario())
         alive = fleet.procs["a"].poll() is None
     finally:
