@@ -46,7 +46,6 @@ from spanmetrics.config.views import (
     instrument_pattern,
 )
 from spanmetrics.decode.facts import SpanFacts
-from spanmetrics.model.enums import SPAN_KIND_NAMES
 
 # Counter names (self-telemetry labels).
 FILTERED_NOT_INCLUDED = "spans_filtered.not_included"
@@ -54,7 +53,6 @@ FILTERED_EXCLUDED = "spans_filtered.excluded"
 RENAMED = "spans_renamed"
 DROPPED_BY_VIEW = "spans_dropped_by_view"
 
-_KIND_NUMBER = {name: i for i, name in enumerate(SPAN_KIND_NAMES)}
 _NO_LOOKUP = _Lookup({})
 
 
@@ -98,10 +96,6 @@ class _CompiledView:
         )
 
 
-def _instruments(names: MetricNames, derived: Iterable[str]) -> list[str]:
-    return [names.calls, names.duration, *derived]
-
-
 class OutputPlan:
     """A topology's views, span filters and span-name rules, compiled."""
 
@@ -111,8 +105,7 @@ class OutputPlan:
         filters: SpanFilters | None,
         name_rules: tuple[SpanNameRule, ...],
         names: MetricNames,
-        default_max_size: int,
-        derived: Iterable[str] = (),
+        instruments: Iterable[str],
     ) -> None:
         self.names = names
         self._views = [
@@ -133,8 +126,8 @@ class OutputPlan:
         self._rules = [
             (re.compile(r.pattern), r.replacement, frozenset(r.service)) for r in name_rules
         ]
-        self._default_max_size = default_max_size
-        self.instruments = _instruments(names, derived)
+        #: The metrics views may select (:attr:`Topology.instrument_names`).
+        self.instruments = list(instruments)
         self._check_and_name()
 
     @property
@@ -336,12 +329,8 @@ def explicit_from_exponential(hist: Histogram, bounds: tuple[float, ...]) -> Exp
 def output_plan(topology: Topology) -> OutputPlan:
     """A topology's views, span filters and span-name rules, compiled."""
     sm = topology.spanmetrics
-    if topology.derive is not None:
-        names = derived_names(sm)
-        derived = [m.name for m in topology.derive.metrics]
-    else:
-        names, derived = metric_names(sm), []
+    names = derived_names(sm) if topology.derive is not None else metric_names(sm)
     return OutputPlan(
         topology.views, topology.span_filters, topology.span_names, names,
-        sm.histogram.max_size, derived,
+        topology.instrument_names,
     )  # fmt: skip

@@ -625,13 +625,17 @@ class Topology(_Strict):
     sets temporality, flush interval, expirations, the cardinality limit and the
     exponential histogram's ``max_size``."""
 
+    @property
+    def instrument_names(self) -> list[str]:
+        """The metrics views may select: the span metrics' calls and duration (named as
+        the connector names them), then the derived metrics."""
+        prefix = f"{self.spanmetrics.namespace}." if self.spanmetrics.namespace else ""
+        derived = [m.name for m in self.derive.metrics] if self.derive is not None else []
+        return [f"{prefix}calls", f"{prefix}duration", *derived]
+
     @model_validator(mode="after")
     def _views_fit(self) -> Topology:
-        prefix = f"{self.spanmetrics.namespace}." if self.spanmetrics.namespace else ""
-        instruments = [f"{prefix}calls", f"{prefix}duration"]
-        if self.derive is not None:
-            instruments += [m.name for m in self.derive.metrics]
-        check_views(self.views, instruments)
+        check_views(self.views, self.instrument_names)
         return self
 
     @model_validator(mode="after")

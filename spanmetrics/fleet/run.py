@@ -11,6 +11,7 @@ from spanmetrics.config.load import ConfigError, parse_topology
 from spanmetrics.config.model import Topology
 from spanmetrics.fleet.worker import Worker
 from spanmetrics.model.clock import SystemClock
+from spanmetrics.net import redact_url
 from spanmetrics.state.store import open_store
 
 #: Environment variables that override the topology (the command line overrides both).
@@ -88,6 +89,6 @@ def run_worker(topology: Topology, worker_id: str | None = None, health: int | N
         worker.bootstrap,
         topology.source.topic,
         topology.source.group,
-        topology.state.split("@")[-1],
+        redact_url(topology.state),
     )
     run_app(worker, health_port(health))

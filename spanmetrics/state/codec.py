@@ -25,7 +25,7 @@ Decoding errors are :class:`CodecError` naming the field.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -369,6 +369,23 @@ def _array(n: int) -> bytes:
     return b"\xdd" + n.to_bytes(4, "big")
 
 
+def _entries(
+    entries: Sequence[Any], width: int, n_resources: int, table: str
+) -> Iterator[tuple[int, list[Any]]]:
+    """The entries of one table of a delta record: each ``[resource index, *fields]`` with
+    ``width`` fields and an index into the record's resources."""
+    for entry in entries:
+        try:
+            index, *fields = entry
+        except (TypeError, ValueError) as err:
+            raise CodecError(f"delta.{table}: {err}") from err
+        if len(fields) != width:
+            raise CodecError(f"delta.{table}: {len(fields) + 1} fields, expected {width + 1}")
+        if not 0 <= index < n_resources:
+            raise CodecError(f"delta.{table}.resource: index {index} of {n_resources}")
+        yield index, fields
+
+
 def decode_delta(data: bytes, spec: HistogramSpec) -> DeltaRecord:
     """Read a delta record written by :func:`encode_delta_parts`."""
     what = "delta"
@@ -381,13 +398,7 @@ def decode_delta(data: bytes, spec: HistogramSpec) -> DeltaRecord:
         raise CodecError(f"{what}.header: {err}") from err
     n_resources = len(resources)
     out_series: list[tuple[int, SeriesPoint]] = []
-    for entry in series:
-        try:
-            index, labels, calls, hist, exemplars = entry
-        except (TypeError, ValueError) as err:
-            raise CodecError(f"{what}.series: {err}") from err
-        if not 0 <= index < n_resources:
-            raise CodecError(f"{what}.series.resource: index {index} of {n_resources}")
+    for index, (labels, calls, hist, exemplars) in _entries(series, 4, n_resources, "series"):
         point = SeriesPoint(
             _pairs(labels, what),
             0,
@@ -397,26 +408,15 @@ def decode_delta(data: bytes, spec: HistogramSpec) -> DeltaRecord:
             _decode_exemplars(exemplars, what),
         )
         out_series.append((index, point))
-    out_events: list[tuple[int, EventsPoint]] = []
-    for entry in events:
-        try:
-            index, labels, count = entry
-        except (TypeError, ValueError) as err:
-            raise CodecError(f"{what}.events: {err}") from err
-        if not 0 <= index < n_resources:
-            raise CodecError(f"{what}.events.resource: index {index} of {n_resources}")
-        out_events.append((index, EventsPoint(_pairs(labels, what), 0, 0, count)))
-    out_held: list[tuple[int, HeldGroup]] = []
-    for entry in held_entries:
-        try:
-            index, last_ns, spans = entry
-        except (TypeError, ValueError) as err:
-            raise CodecError(f"{what}.held: {err}") from err
-        if not 0 <= index < n_resources:
-            raise CodecError(f"{what}.held.resource: index {index} of {n_resources}")
-        group = HeldGroup(bytes(resources[index]), int(last_ns),
-                          [decode_held(h, what) for h in spans])  # fmt: skip
-        out_held.append((index, group))
+    out_events = [
+        (index, EventsPoint(_pairs(labels, what), 0, 0, count))
+        for index, (labels, count) in _entries(events, 2, n_resources, "events")
+    ]
+    out_held = [
+        (index, HeldGroup(bytes(resources[index]), int(last_ns),
+                          [decode_held(h, what) for h in spans]))
+        for index, (last_ns, spans) in _entries(held_entries, 2, n_resources, "held")
+    ]  # fmt: skip
     return DeltaRecord(header, [bytes(r) for r in resources], out_series, out_events, out_held)
 
 
