@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
+from spanmetrics.aggregate.engine import DURATION_CLAMPED
 from spanmetrics.aggregate.expohist import ExpoHistogram
 from spanmetrics.aggregate.join import HeldGroup, HeldSpan, Released, TraceJoin
 from spanmetrics.aggregate.points import Attributes, MetricNames, MetricsSnapshot, SeriesPoint
@@ -66,11 +67,15 @@ def weight_of(rules: Rules, span: SpanFacts, service: str) -> int:
 class PointSums:
     """Points of one record (or one release) summed per resource and labels."""
 
-    def __init__(self, rules: Rules, max_size: int) -> None:
+    def __init__(self, rules: Rules, max_size: int, max_duration_ns: int) -> None:
         self._rules = rules
         self._max_size = max_size
+        #: 0: no bound (``max_span_duration``).
+        self._max_duration_ns = max_duration_ns
         self.by_resource: dict[bytes, dict[Attributes, list[object]]] = {}
         self.excluded = 0
+        #: Spans whose duration was above ``max_duration_ns`` and counted as it.
+        self.clamped = 0
         #: Points added (before summing): when to hand them on.
         self.added = 0
 
@@ -99,7 +104,11 @@ class PointSums:
             entry = self.by_resource[resource][labels] = [0, hist]
         entry[0] += weight  # type: ignore[operator]
         if entry[1] is not None:
-            entry[1].record(span.duration_ns / 1e9, weight)  # type: ignore[attr-defined]
+            duration_ns = span.duration_ns
+            if self._max_duration_ns and duration_ns > self._max_duration_ns:
+                self.clamped += 1
+                duration_ns = self._max_duration_ns
+            entry[1].record(duration_ns / 1e9, weight)  # type: ignore[attr-defined]
 
     def points(self) -> Iterable[tuple[bytes, list[SeriesPoint]]]:
         """Per resource, its summed points (start and time are the registry's)."""
@@ -168,6 +177,7 @@ class DerivedMetricsEngine:
         self._event_time = event_time
         self._watermark_ns = 0
         self._max_size = config.histogram.max_size
+        self._max_duration_ns = round(config.max_span_duration * 1e9)
         self._key_attributes = frozenset(config.resource_metrics_key_attributes)
         self._keys = self.rules.attribute_keys
         self._events = self.rules.event_names
@@ -175,7 +185,7 @@ class DerivedMetricsEngine:
         self._held: list[HeldGroup] = []
         #: Points summed over several records before they reach the registry: its cost is
         #: per series and record (a histogram merge), so it is paid once per many spans.
-        self._sums = PointSums(self.rules, self._max_size)
+        self._sums = PointSums(self.rules, self._max_size, self._max_duration_ns)
 
     @property
     def active_series(self) -> int:
@@ -235,11 +245,12 @@ class DerivedMetricsEngine:
         return self._watermark_ns if self._event_time else now
 
     def _apply_pending(self, now: int) -> None:
-        sums, self._sums = self._sums, PointSums(self.rules, self._max_size)
+        sums, self._sums = self._sums, PointSums(self.rules, self._max_size, self._max_duration_ns)
         self._apply(sums, now)
 
     def _apply(self, sums: PointSums, now: int) -> None:
         self.counters[EXCLUDED] += sums.excluded
+        self.counters[DURATION_CLAMPED] += sums.clamped
         for raw, points in sums.points():
             resource = Resource.FromString(raw)
             identity = resource_identity(resource, self._key_attributes)

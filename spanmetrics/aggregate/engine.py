@@ -79,6 +79,7 @@ APPLY_BATCH_SPANS = 16_384
 SPANS_RECEIVED = "spans_received"
 DROPPED_MISSING_SERVICE_NAME = "spans_dropped.missing_service_name"
 NEGATIVE_DURATION = "spans_negative_duration"
+DURATION_CLAMPED = "spans_duration_clamped"
 CARDINALITY_OVERFLOW = "spans_cardinality_overflow"
 INVALID_MULTIPLIER = "spans_invalid_multiplier"
 ADJUSTED_COUNT_CAPPED = "spans_adjusted_count_capped"
@@ -188,6 +189,7 @@ class SpanMetricsEngine:
         self.temporality = Temporality.DELTA if config.is_delta else Temporality.CUMULATIVE
         self.counters: Counter[str] = Counter()
         self._ns_per_unit = _NS_PER_UNIT[config.histogram.unit]
+        self._max_duration_ns = config.max_span_duration * 1e9 or float("inf")
         self.table = SeriesTable(self._histogram_columns(config), growth=_TABLE_GROWTH)
         #: series key -> row; keys start with the resource id, so one dict serves all.
         self._index: dict[SpanKey, int] = {}
@@ -371,6 +373,11 @@ class SpanMetricsEngine:
             # A span that ends before it starts counts as 0, as in the connector.
             self.counters[NEGATIVE_DURATION] += n_negative
             durations[negative] = 0.0
+        too_long = durations > self._max_duration_ns
+        n_too_long = int(np.count_nonzero(too_long))
+        if n_too_long:
+            self.counters[DURATION_CLAMPED] += n_too_long
+            durations[too_long] = self._max_duration_ns
         values = durations / self._ns_per_unit
         weights = pending.weights
         w = np.ones(n, np.int64) if weights is None else np.fromiter(weights, np.int64, n)
@@ -516,7 +523,8 @@ class SpanMetricsEngine:
             trace_id = batch.trace_ids[i]
             if not trace_id:
                 continue
-            duration = max(float(durations[i]), 0.0) / self._ns_per_unit
+            clamped = min(max(float(durations[i]), 0.0), self._max_duration_ns)
+            duration = clamped / self._ns_per_unit
             kept.append(Exemplar(trace_id, batch.span_ids[i] or b"", duration, batch.end_times[i]))
 
     def _count_events(

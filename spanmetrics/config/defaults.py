@@ -47,6 +47,10 @@ DEFAULT_FLUSH_INTERVAL_S: Final = 60.0
 #: 0 disables expiry.
 DEFAULT_METRICS_EXPIRATION_S: Final = 0.0
 DEFAULT_SERIES_EXPIRATION_S: Final = 0.0
+#: Longest span duration counted as it is (``max_span_duration``, seconds; 0 = no bound).
+#: A span with a broken clock (start 0, or an end centuries away) would otherwise stretch
+#: its series' exponential histogram over decades and coarsen every quantile of it.
+DEFAULT_MAX_SPAN_DURATION_S: Final = 86_400.0
 #: 0 disables the cardinality limit.
 DEFAULT_CARDINALITY_LIMIT: Final = 0
 DEFAULT_EXEMPLARS_ENABLED: Final = False

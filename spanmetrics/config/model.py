@@ -238,6 +238,10 @@ class SpanMetricsConfig(_Strict):
     """Drop a resource's series after this long without spans for it (0 = never)."""
     series_expiration: DurationSeconds = defaults.DEFAULT_SERIES_EXPIRATION_S
     """Drop a series after this long without spans (0 = never)."""
+    max_span_duration: DurationSeconds = defaults.DEFAULT_MAX_SPAN_DURATION_S
+    """Durations above this are counted as this, under ``spans_duration_clamped`` (0 = no
+    bound). Not a connector key: it keeps one span with a broken clock from coarsening
+    its series' histogram for good."""
     aggregation_cardinality_limit: int = Field(default=defaults.DEFAULT_CARDINALITY_LIMIT, ge=0)
     """Series per resource before new keys go to the overflow series (0 = no limit)."""
     namespace: str = defaults.DEFAULT_NAMESPACE

@@ -24,6 +24,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from spanmetrics.aggregate.derived import PointSums, release
+from spanmetrics.aggregate.engine import DURATION_CLAMPED
 from spanmetrics.aggregate.join import HeldGroup, TraceJoin
 from spanmetrics.aggregate.points import EventsPoint, SeriesPoint
 from spanmetrics.aggregate.registry import (
@@ -77,38 +78,44 @@ class ShardJoin:
     """A shard's joins (``derive``): the spans cuts handed on, until their partner comes or
     the window ends; the spans it lets go become points of the shard's series."""
 
-    def __init__(self, rules: Rules, max_size: int) -> None:
+    def __init__(self, rules: Rules, max_size: int, max_duration_ns: int) -> None:
         self.buffer = TraceJoin(rules)
         self._rules = rules
         self._max_size = max_size
+        self._max_duration_ns = max_duration_ns
         self._attributes: dict[bytes, AttributeMap] = {}
         #: Whether the buffer changed since the last checkpoint taken.
         self.dirty = False
+        #: Released spans whose duration was clamped, since the last ``take_counters``.
+        self.clamped = 0
 
     def add(self, groups: list[HeldGroup], now_ns: int) -> PointSums:
         """Hold the groups of one delta record; the points of the spans it let go."""
-        sums = PointSums(self._rules, self._max_size)
+        sums = PointSums(self._rules, self._max_size, self._max_duration_ns)
         if groups:
             release(sums, self.buffer.add_held(groups, now_ns), self._attributes)
             self.dirty = True
+        self.clamped += sums.clamped
         return sums
 
     def expire(self, now_ns: int) -> PointSums:
         """Let go of traces past the window; their waiting spans' points (orphans)."""
-        sums = PointSums(self._rules, self._max_size)
+        sums = PointSums(self._rules, self._max_size, self._max_duration_ns)
         released = self.buffer.expire(now_ns)
         if released:
             release(sums, released, self._attributes)
             self.dirty = True
+        self.clamped += sums.clamped
         if len(self._attributes) > 10_000:
             self._attributes.clear()
         return sums
 
     def take_counters(self) -> dict[str, int]:
-        """Spans joined, orphaned and evicted since the last call."""
+        """Spans joined, orphaned, evicted and clamped since the last call."""
         counters = self.buffer.counters
         self.buffer.counters = dict.fromkeys(counters, 0)
-        return counters
+        clamped, self.clamped = self.clamped, 0
+        return {**counters, DURATION_CLAMPED: clamped}
 
 
 class ShardOwner:

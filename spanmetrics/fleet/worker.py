@@ -227,7 +227,11 @@ class Worker:
             exemplar_limit=sm.exemplars.max_per_data_point if sm.exemplars.enabled else 0,
             delta_output=self._delta_output,
         )
-        join = ShardJoin(self._rules, sm.histogram.max_size) if self._rules is not None else None
+        join = (
+            ShardJoin(self._rules, sm.histogram.max_size, round(sm.max_span_duration * 1e9))
+            if self._rules is not None
+            else None
+        )
         owner = ShardOwner(
             shard, epoch, registry, self._spec, self._key_attributes, join, self._plan
         )

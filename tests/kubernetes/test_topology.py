@@ -197,6 +197,20 @@ def test_a_fractional_multiplier_is_unbiased() -> None:
     assert stream.calls == pytest.approx(10_000, rel=0.02)
 
 
+def test_an_absurd_duration_is_clamped_and_counted() -> None:
+    """A server span that starts at 0 (a broken clock) counts as ``max_span_duration``."""
+    server = next(s for _, s in all_spans("1.35") if s.kind == 2 and s.name == "GET")
+    broken = Span()
+    broken.CopyFrom(server)
+    broken.start_time_unix_nano = 0
+    e = engine()
+    got = run(e, [as_request([(APISERVER_RESOURCE, [broken])])])
+    (stream,) = got["k8s.apiserver.request.duration"].values()
+    assert stream.calls == 1
+    assert stream.duration_sum == pytest.approx(86_400.0)
+    assert e.counters["spans_duration_clamped"] >= 1
+
+
 def test_pod_identity_is_one_line_to_turn_on_and_joins_across_records() -> None:
     text = TOPOLOGY.read_text()
     assert "  opt_in: []\n" in text

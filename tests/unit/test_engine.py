@@ -167,6 +167,34 @@ def test_negative_duration_clamped_to_zero_and_counted() -> None:
     assert hist.min == 0.0 and hist.max == pytest.approx(3.0)
 
 
+def test_a_span_of_584_years_is_clamped_and_counted() -> None:
+    """A broken clock (start 0, end at the top of uint64) must not stretch the series'
+    histogram over decades: it counts as ``max_span_duration``, and is counted."""
+    engine, _ = make_engine(
+        exemplars={"enabled": True}, histogram={"exponential": {"max_size": 32}}
+    )
+    engine.consume(
+        request(resource(CHECKOUT, span(start_ns=0, end_ns=2**64 - 1), span(duration_ms=3)))
+    )
+    point = only(engine.flush())
+    hist = point.duration
+    assert isinstance(hist, ExpoHistogram)
+    assert engine.counters["spans_duration_clamped"] == 1
+    assert hist.count == 2 and hist.max == pytest.approx(86_400_000.0)
+    # 32 buckets span 3 ms to a day at scale 0 (25 of them); 584 years needs scale -1.
+    assert hist.scale == 0
+    assert max(e.value for e in point.exemplars) == pytest.approx(86_400_000.0)
+
+
+def test_max_span_duration_zero_keeps_every_duration() -> None:
+    engine, _ = make_engine(max_span_duration=0)
+    engine.consume(request(resource(CHECKOUT, span(start_ns=0, end_ns=2**64 - 1))))
+    hist = only(engine.flush()).duration
+    assert isinstance(hist, ExpoHistogram)
+    assert "spans_duration_clamped" not in engine.counters
+    assert hist.max == pytest.approx((2**64 - 1) / 1e6)
+
+
 def test_duration_unit_and_namespace() -> None:
     engine, _ = make_engine(histogram={"unit": "s"}, namespace="")
     engine.consume(request(resource(CHECKOUT, span(duration_ms=1500))))
