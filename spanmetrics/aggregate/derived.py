@@ -19,14 +19,16 @@ from collections.abc import Iterable
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from spanmetrics.aggregate.engine import DURATION_CLAMPED
+from spanmetrics.aggregate.engine import DURATION_CLAMPED, RESOURCES_TRIMMED
 from spanmetrics.aggregate.expohist import ExpoHistogram
 from spanmetrics.aggregate.join import HeldGroup, HeldSpan, Released, TraceJoin
+from spanmetrics.aggregate.oversize import bounded_resource
 from spanmetrics.aggregate.points import Attributes, MetricNames, MetricsSnapshot, SeriesPoint
 from spanmetrics.aggregate.registry import SeriesRegistry
 from spanmetrics.aggregate.resources import resource_identity
 from spanmetrics.aggregate.rules import Rules
 from spanmetrics.aggregate.sampling import stochastic_round
+from spanmetrics.config.defaults import MAX_RESOURCE_BYTES
 from spanmetrics.config.model import Encoding, SpanMetricsConfig
 from spanmetrics.config.rules import DeriveConfig
 from spanmetrics.decode import decode_traces
@@ -217,7 +219,12 @@ class DerivedMetricsEngine:
             if not service:
                 self.counters[DROPPED_MISSING_SERVICE_NAME] += len(rs.spans)
                 continue
-            raw = rs.resource.SerializeToString()
+            resource = rs.resource
+            bounded = bounded_resource(resource, MAX_RESOURCE_BYTES, self._key_attributes)
+            if bounded is not None:
+                self.counters[RESOURCES_TRIMMED] += 1
+                resource = bounded
+            raw = resource.SerializeToString()
             self._attributes.setdefault(raw, rs.resource_attributes)
             link = rules.is_link(service)
             held: list[HeldSpan] = []

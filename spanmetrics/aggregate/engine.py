@@ -34,6 +34,7 @@ from spanmetrics.aggregate.dimensions import (
 from spanmetrics.aggregate.explicit import ExplicitHistogramColumns
 from spanmetrics.aggregate.expohist_columns import ExpoHistogramColumns
 from spanmetrics.aggregate.join import HeldGroup
+from spanmetrics.aggregate.oversize import bounded_resource, key_bytes
 from spanmetrics.aggregate.points import (
     EventsPoint,
     Exemplar,
@@ -49,6 +50,7 @@ from spanmetrics.aggregate.sampling import (
     stochastic_round,
 )
 from spanmetrics.aggregate.series import HistogramColumns, SeriesTable
+from spanmetrics.config.defaults import MAX_RESOURCE_BYTES, MAX_SERIES_LABEL_BYTES
 from spanmetrics.config.model import Encoding, SpanMetricsConfig
 from spanmetrics.decode.batch import (
     KeyLayout,
@@ -81,6 +83,8 @@ DROPPED_MISSING_SERVICE_NAME = "spans_dropped.missing_service_name"
 NEGATIVE_DURATION = "spans_negative_duration"
 DURATION_CLAMPED = "spans_duration_clamped"
 CARDINALITY_OVERFLOW = "spans_cardinality_overflow"
+OVERSIZED_LABELS = "spans_oversized_labels"
+RESOURCES_TRIMMED = "resources_trimmed"
 INVALID_MULTIPLIER = "spans_invalid_multiplier"
 ADJUSTED_COUNT_CAPPED = "spans_adjusted_count_capped"
 
@@ -410,6 +414,10 @@ class SpanMetricsEngine:
         return rid
 
     def _resolve_resource(self, resource: Resource, now: int) -> int:
+        bounded = bounded_resource(resource, MAX_RESOURCE_BYTES, self._key_attributes)
+        if bounded is not None:
+            self.counters[RESOURCES_TRIMMED] += 1
+            resource = bounded
         identity = resource_identity(resource, self._key_attributes)
         if identity is None:
             return -1
@@ -444,8 +452,10 @@ class SpanMetricsEngine:
         if row >= 0:
             return row
         state = self._by_rid[key[0]]  # type: ignore[index]
-        if self._limit and state.series_count >= self._limit:
-            self.counters[CARDINALITY_OVERFLOW] += 1
+        over_limit = self._limit and state.series_count >= self._limit
+        oversized = key_bytes(key) > MAX_SERIES_LABEL_BYTES
+        if over_limit or oversized:
+            self.counters[OVERSIZED_LABELS if oversized else CARDINALITY_OVERFLOW] += 1
             if state.overflow_row < 0:
                 state.overflow_row = self._allocate((state.rid, OVERFLOW_SCOPE), now)
             return state.overflow_row

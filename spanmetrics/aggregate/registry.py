@@ -28,6 +28,7 @@ from spanmetrics.aggregate.budgets import BudgetLedger
 from spanmetrics.aggregate.cumulative import Histogram, latest_exemplars, merge_histograms
 from spanmetrics.aggregate.dimensions import is_overflow, overflow_labels
 from spanmetrics.aggregate.explicit import ExplicitHistogram
+from spanmetrics.aggregate.oversize import key_bytes
 from spanmetrics.aggregate.points import (
     Attributes,
     EventsPoint,
@@ -39,6 +40,7 @@ from spanmetrics.aggregate.points import (
     metric_of,
 )
 from spanmetrics.aggregate.resources import ResourceIdentity, stable_id
+from spanmetrics.config.defaults import MAX_SERIES_LABEL_BYTES
 from spanmetrics.model.enums import Temporality
 
 #: The two tables of a resource: call/duration series, and span-event series.
@@ -197,8 +199,9 @@ class SeriesRegistry:
         """Add one resource's delta points, seen by a partition at ``seen_ns``.
 
         A new series is created at ``now_ns`` (its start time), or, when the resource
-        already has ``cardinality_limit`` series, its calls and durations go to the
-        resource's overflow series. Returns the calls that went to the overflow series.
+        already has ``cardinality_limit`` series, or its labels are larger than
+        ``MAX_SERIES_LABEL_BYTES``, its calls and durations go to the resource's overflow
+        series. Returns the calls that went to the overflow series.
         """
         res = self.resources.get(identity)
         if res is None:
@@ -220,8 +223,13 @@ class SeriesRegistry:
             state = res.series.get(labels)
             if state is None:
                 over_limit = bool(self._limit) and res.admitted >= self._limit
-                if over_limit or (
-                    self.budgets is not None and not self.budgets.admit(str(identity[0]), labels)
+                if (
+                    over_limit
+                    or key_bytes(labels) > MAX_SERIES_LABEL_BYTES
+                    or (
+                        self.budgets is not None
+                        and not self.budgets.admit(str(identity[0]), labels)
+                    )
                 ):
                     overflowed += point.calls
                     labels = overflow_labels(labels)

@@ -51,6 +51,12 @@ DEFAULT_SERIES_EXPIRATION_S: Final = 0.0
 #: A span with a broken clock (start 0, or an end centuries away) would otherwise stretch
 #: its series' exponential histogram over decades and coarsen every quantile of it.
 DEFAULT_MAX_SPAN_DURATION_S: Final = 86_400.0
+#: Bytes of label values one series may hold; past it, its spans go to the resource's
+#: overflow series (``spans_oversized_labels``). Every series must fit a delta record.
+MAX_SERIES_LABEL_BYTES: Final = 16_384
+#: Bytes of a resource beyond which its non-identifying attributes are dropped
+#: (``resources_trimmed``), for the same reason.
+MAX_RESOURCE_BYTES: Final = 65_536
 #: 0 disables the cardinality limit.
 DEFAULT_CARDINALITY_LIMIT: Final = 0
 DEFAULT_EXEMPLARS_ENABLED: Final = False

@@ -139,8 +139,10 @@ def cut_records(
     interval: tuple[int, int],
     shards: int,
     max_bytes: int,
-) -> list[ShardRecord]:
-    """A cut's deltas as records of the internal topic, per shard and in a fixed order.
+) -> tuple[list[ShardRecord], int]:
+    """A cut's deltas as records of the internal topic, per shard and in a fixed order,
+    and the spans of entries too large for any record (dropped, see
+    :func:`~spanmetrics.state.codec.encode_delta_parts`).
 
     A resource's shard is a stable hash of its service instance (``service.namespace``,
     ``service.name``, ``service.instance.id``): resources that differ only in other
@@ -166,7 +168,10 @@ def cut_records(
         shard = shard_of(service_identity(resource), shards)
         by_shard.setdefault(shard, []).append((raw, series, events, groups))
     records: list[ShardRecord] = []
+    dropped = 0
     for shard in sorted(by_shard):
         header = CutHeader(partition, epoch, cut.start, cut.end, 0, 1, *interval)
-        records += [(shard, r) for r in encode_delta_parts(header, by_shard[shard], max_bytes)]
-    return records
+        parts = encode_delta_parts(header, by_shard[shard], max_bytes)
+        records += [(shard, r) for r in parts.records]
+        dropped += parts.dropped_spans
+    return records, dropped

@@ -70,6 +70,8 @@ _RETRY_MIN_S, _RETRY_MAX_S = 0.5, 10.0
 #: Sends of a dead letter before it is counted as lost.
 _DEAD_LETTER_ATTEMPTS = 5
 
+#: Counter of spans whose series fit no delta record (see ``encode_delta_parts``).
+SPANS_TOO_LARGE_FOR_A_RECORD = "spans_dropped.too_large_for_a_record"
 #: Largest record of the internal topic (Kafka's default ``message.max.bytes``, about 1 MB).
 INTERNAL_MAX_RECORD_BYTES = DEFAULT_MAX_MESSAGE_BYTES
 #: Series a partition's interval holds at most before it is cut (about 1.7 kB each): stage
@@ -530,10 +532,16 @@ class Worker:
                 engine, started = part.close_interval(cut, now)
             snapshot = engine.flush()  # full resolution: the shards apply the views
             self.stats.counters.update(engine.counters)
-            part.unsent = cut_records(
+            part.unsent, dropped = cut_records(
                 snapshot, engine.take_held(), part.partition, part.epoch, cut, (started, now),
                 max(self._n_shards, 1), self.internal_max_record_bytes,
             )  # fmt: skip
+            if dropped:
+                self.stats.counters[SPANS_TOO_LARGE_FOR_A_RECORD] += dropped
+                log.warning(
+                    "partition %d: %d spans in series too large for a %d-byte record, dropped",
+                    part.partition, dropped, self.internal_max_record_bytes,
+                )  # fmt: skip
             part.unsent_end = cut.end
             self.stats.counters["cuts"] += 1
             await self._send_cut(part)

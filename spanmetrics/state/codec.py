@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -293,43 +293,54 @@ def decode_join(data: bytes) -> list[HeldGroup]:
 ResourceDelta = tuple[bytes, Sequence[SeriesPoint], Sequence[EventsPoint], Sequence[HeldGroup]]
 
 
+class DeltaParts(NamedTuple):
+    """One shard's deltas of a cut as records, and what none of them could hold."""
+
+    records: list[bytes]
+    dropped_spans: int
+    """Calls (or events, or held spans) of entries that fit in no record, dropped."""
+
+
 def encode_delta_parts(
     header: CutHeader, resources: Sequence[ResourceDelta], max_bytes: int
-) -> list[bytes]:
+) -> DeltaParts:
     """One shard's deltas of a cut as records of at most ``max_bytes`` each.
 
     The split depends only on the content, in the order given: each entry's size is
     fixed by its content, and the header has a fixed reserve. So the same content gives
     the same records, whatever the header's epoch or times.
 
-    Raises:
-        ValueError: one entry (a series, an events series or a held span, with its
-            resource) does not fit in ``max_bytes``.
+    An entry (a series, an events series or a held span, with its resource) that does not
+    fit in ``max_bytes`` is dropped and counted in ``dropped_spans``: a cut that can never
+    be sent would stop its partition for good. The engines' size bounds
+    (:mod:`spanmetrics.aggregate.oversize`) keep this for input no bound foresaw.
     """
     budget = max_bytes - DELTA_HEADER_RESERVE
     parts: list[tuple[list[bytes], list[bytes], list[bytes], list[bytes]]] = []
     current: tuple[list[bytes], list[bytes], list[bytes], list[bytes]] = ([], [], [], [])
     size = 0
+    dropped = 0
     for resource, series, events, held in resources:
         packed_resource = _packb(resource)
         index = -1  # this resource's index in the current part, once added
         entries = [
-            (1, [_flat(p.attributes), p.calls, encode_histogram(p.duration),
-                 _encode_exemplars(p.exemplars)])
+            (1, p.calls, [_flat(p.attributes), p.calls, encode_histogram(p.duration),
+                          _encode_exemplars(p.exemplars)])
             for p in series
-        ] + [(2, [_flat(e.attributes), e.count]) for e in events] + [
+        ] + [(2, e.count, [_flat(e.attributes), e.count]) for e in events] + [
             # One entry per span, not per group: a trace's spans may not fit one record,
             # and the shard regroups them by trace anyway.
-            (3, [g.last_ns, [encode_held(h)]]) for g in held for h in g.spans
+            (3, 1, [g.last_ns, [encode_held(h)]]) for g in held for h in g.spans
         ]  # fmt: skip
-        for table, body in entries:
+        for table, weight, body in entries:
             entry_size = len(_packb([0xFFFF, *body]))  # the index at its widest (< 65536)
+            if entry_size + len(packed_resource) > budget:
+                dropped += weight
+                continue
             extra = 0 if index >= 0 else len(packed_resource)
             if size + entry_size + extra > budget and (current[1] or current[2] or current[3]):
                 parts.append(current)
                 current, size, index, extra = ([], [], [], []), 0, -1, len(packed_resource)
-            if size + entry_size + extra > budget:
-                raise ValueError(f"one entry needs {entry_size + extra} bytes, over {budget}")
             if index < 0:
                 current[0].append(packed_resource)
                 index = len(current[0]) - 1
@@ -357,7 +368,7 @@ def encode_delta_parts(
             + b"".join(event_entries)
             + ((_array(len(held_entries)) + b"".join(held_entries)) if held_entries else b"")
         )
-    return records
+    return DeltaParts(records, dropped)
 
 
 def _array(n: int) -> bytes:

@@ -29,7 +29,7 @@ def test_a_trace_larger_than_a_record_is_split_by_span_and_read_back_whole() -> 
     group = held_group()
     assert len(group.spans) > 5
     header = CutHeader(0, 1, 0, 10, 0, 1, 0, 0)
-    records = encode_delta_parts(header, [(group.resource, [], [], [group])], 1024)
+    records = encode_delta_parts(header, [(group.resource, [], [], [group])], 1024).records
     assert len(records) > 1  # the group alone is larger than a 1 KiB record
     got = [h for r in records for _, g in decode_delta(r, HistogramSpec(160)).held for h in g.spans]
     assert [h.facts for h in got] == [h.facts for h in group.spans]
@@ -39,7 +39,7 @@ def test_a_trace_larger_than_a_record_is_split_by_span_and_read_back_whole() -> 
 def test_records_without_held_spans_keep_the_old_layout() -> None:
     header = CutHeader(0, 1, 0, 10, 0, 1, 0, 0)
     point = SeriesPoint((("__name__", "m"),), 0, 0, 1, None)
-    (record,) = encode_delta_parts(header, [(b"\n\x00", [point], [], [])], 1024)
+    (record,) = encode_delta_parts(header, [(b"\n\x00", [point], [], [])], 1024).records
     assert record[0] == 0x95  # a msgpack array of 5: what earlier versions wrote and read
     assert decode_delta(record, HistogramSpec(160)).held == []
 

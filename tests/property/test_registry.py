@@ -82,7 +82,7 @@ def through_records(snapshot: MetricsSnapshot, max_bytes: int = 1 << 20) -> Metr
     out = MetricsSnapshot(NAMES, snapshot.temporality, 0, [])
     from spanmetrics.aggregate.points import ResourcePoints
 
-    for record in encode_delta_parts(header, resources, max_bytes):
+    for record in encode_delta_parts(header, resources, max_bytes).records:
         decoded = decode_delta(record, SPEC)
         per = [ResourcePoints(Resource.FromString(raw)) for raw in decoded.resources]
         for index, point in decoded.series:
@@ -204,8 +204,10 @@ def test_a_cut_is_split_by_its_content_only(specs: list[Any], max_bytes: int, ep
     resources = [
         (rp.resource.SerializeToString(), rp.series, rp.events, ()) for rp in snapshot.resources
     ]
-    first = encode_delta_parts(CutHeader(3, 1, 10, 20, 0, 1, 5, 6), resources, max_bytes)
-    again = encode_delta_parts(CutHeader(3, epoch, 10, 20, 0, 1, 7**9, 8**9), resources, max_bytes)
+    first = encode_delta_parts(CutHeader(3, 1, 10, 20, 0, 1, 5, 6), resources, max_bytes).records
+    again = encode_delta_parts(
+        CutHeader(3, epoch, 10, 20, 0, 1, 7**9, 8**9), resources, max_bytes
+    ).records
     assert len(first) == len(again)
     for a, b in zip(first, again, strict=True):
         assert len(a) <= max_bytes and len(b) <= max_bytes

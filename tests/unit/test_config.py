@@ -107,3 +107,10 @@ def test_durations(text: str | int, seconds: float) -> None:
 def test_bad_durations(text: object) -> None:
     with pytest.raises(ValueError):
         parse_duration_s(text)  # type: ignore[arg-type]
+
+
+def test_the_readme_states_the_size_and_duration_bounds_in_force() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert f"more than {defaults.MAX_SERIES_LABEL_BYTES // 1024} KiB" in readme
+    assert f"resource larger than {defaults.MAX_RESOURCE_BYTES // 1024} KiB" in readme
+    assert f"(default `{int(defaults.DEFAULT_MAX_SPAN_DURATION_S // 3600)}h`" in readme

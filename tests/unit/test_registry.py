@@ -3,8 +3,12 @@ what a checkpoint writes."""
 
 from __future__ import annotations
 
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from spanmetrics.aggregate.points import SeriesPoint
 from spanmetrics.aggregate.registry import SeriesRegistry
 from spanmetrics.aggregate.resources import resource_identity
+from spanmetrics.config.defaults import MAX_SERIES_LABEL_BYTES
 from spanmetrics.state.codec import HistogramSpec, decode_series_state, encode_series_state
 from tests.builders import T0, request, resource, span
 from tests.unit.test_engine import CHECKOUT, make_engine, only
@@ -93,3 +97,20 @@ def test_a_checkpoint_writes_only_what_changed_since_the_last_one() -> None:
     apply(reg, snapshot, T0 + 1)  # changed again after the changes were taken
     reg.committed(changes)
     assert len(reg.changes().series) == 1  # so still to be written
+
+
+def test_a_series_with_oversized_labels_goes_to_the_overflow_series() -> None:
+    """The derived engines' stage 1 is a registry: its series must fit a delta record too."""
+    reg = registry()
+    res = Resource()
+    res.attributes.add(key="service.name").value.string_value = "checkout"
+    identity = resource_identity(res)
+    assert identity is not None
+    huge = SeriesPoint((("user.id", "x" * (MAX_SERIES_LABEL_BYTES + 1)),), 0, 0, 3, None)
+    fine = SeriesPoint((("user.id", "u1"),), 0, 0, 2, None)
+    assert reg.apply(identity, res, [huge, fine], [], T0, T0) == 3
+    (rp,) = reg.cumulative(T0 + 1).resources
+    assert {s.attributes: s.calls for s in rp.series} == {
+        (("otel.metric.overflow", "true"),): 3,
+        (("user.id", "u1"),): 2,
+    }
