@@ -46,6 +46,12 @@ log = logging.getLogger("spanmetrics.worker")
 MAX_FETCH_BYTES = 8 * 1024 * 1024
 
 
+#: Records read ahead of the agent, at most (faust's ``stream_buffer_maxsize``). Faust's
+#: default, 4096, holds that many records in memory whenever the worker falls behind: with
+#: the Collector's records of up to 1 MB, gigabytes. 64 keep the worker busy, since one
+#: fetch brings whole batches, and bound the read-ahead at 64 records.
+STREAM_BUFFER_RECORDS = 64
+
 #: Session and rebalance timeout of the consumer group: how long a crashed worker's
 #: partitions wait before the group reassigns them, and how long a join may wait.
 GROUP_TIMEOUT_S = 10.0
@@ -182,6 +188,7 @@ def build_app(
         value_serializer="raw",
         consumer_auto_offset_reset=source.initial_offset,
         consumer_max_fetch_size=MAX_FETCH_BYTES,
+        stream_buffer_maxsize=STREAM_BUFFER_RECORDS,
         topic_disable_leader=True,
         topic_allow_declare=False,
         stream_wait_empty=False,

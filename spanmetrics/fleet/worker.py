@@ -76,7 +76,7 @@ SPANS_TOO_LARGE_FOR_A_RECORD = "spans_dropped.too_large_for_a_record"
 INTERNAL_MAX_RECORD_BYTES = DEFAULT_MAX_MESSAGE_BYTES
 #: Series a partition's interval holds at most before it is cut (about 1.7 kB each): stage
 #: 1 has no cardinality limit of its own, so this bounds its memory per partition.
-INTERVAL_MAX_SERIES = 50_000
+INTERVAL_MAX_SERIES = 20_000
 
 
 class Positions(Protocol):
