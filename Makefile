@@ -41,9 +41,13 @@ simulate: $(STAMP) ## The fleet's deterministic simulation over SEEDS seeds (def
 	SPANMETRICS_SIM_SEEDS=$(SEEDS) $(BIN)/pytest -q tests/simulation/test_simulation.py
 
 FUZZ_SECONDS ?= 300
-fuzz: $(STAMP) ## Fuzz the compiled scanner against upb for FUZZ_SECONDS (default 300)
-	mkdir -p .fuzz/corpus
-	cd .fuzz && $(CURDIR)/$(BIN)/python $(CURDIR)/tests/fuzz/fuzz_scan.py corpus -max_total_time=$(FUZZ_SECONDS)
+fuzz: $(STAMP) ## Fuzz the scanner (against upb), both decoders with the engines, and the topology loader, FUZZ_SECONDS each (default 300)
+	mkdir -p .fuzz
+	@for target in scan records topology; do \
+	  echo "--- fuzz_$$target.py for $(FUZZ_SECONDS) s (corpus .fuzz/$$target, crashes saved in .fuzz/)"; \
+	  (cd .fuzz && $(CURDIR)/$(BIN)/python $(CURDIR)/tests/fuzz/fuzz_$$target.py $$target \
+	    -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=$(CURDIR)/.fuzz/ 2>&1 | grep -v '^INFO: Instrumenting') || exit 1; \
+	done
 
 lint: $(STAMP) ## ruff lint
 	$(BIN)/ruff check spanmetrics tests benchmarks

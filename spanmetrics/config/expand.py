@@ -7,18 +7,24 @@ and never sit in the topology file:
 - ``${file:PATH}``: the file's content, without a trailing newline;
 - ``$$`` is a literal ``$``.
 
-A reference to an unset variable or an unreadable file is an error naming the key path.
+A reference to an unset variable, or to a file that is unreadable, not a regular file, not
+UTF-8 or over 1 MiB, is an error naming the key path.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 #: ``$$``, or ``${env:NAME}``, ``${env:NAME:-default}``, ``${file:PATH}``.
 _REFERENCE = re.compile(r"\$\$|\$\{(env|file):([^}:]+)(?::-([^}]*))?\}")
+
+
+#: Largest file ``${file:PATH}`` reads: secrets and certificates are small.
+MAX_FILE_BYTES = 1 << 20
 
 
 class ExpansionError(ValueError):
@@ -52,7 +58,17 @@ def _value(match: re.Match[str], path: str, env: Mapping[str, str]) -> str:
                 return default
             raise ExpansionError(f"{path}: ${{env:{name}}} is not set in the environment")
         return value
+    reference = f"{path}: ${{file:{name}}}"
     try:
-        return Path(name).read_text(encoding="utf-8").removesuffix("\n")
+        file = Path(name)
+        status = file.stat()
+        # A secret is a small regular file; /dev/zero or a FIFO would never end.
+        if not stat.S_ISREG(status.st_mode):
+            raise ExpansionError(f"{reference} is not a regular file")
+        if status.st_size > MAX_FILE_BYTES:
+            raise ExpansionError(f"{reference} is larger than {MAX_FILE_BYTES} bytes")
+        return file.read_text(encoding="utf-8").removesuffix("\n")
     except OSError as err:
-        raise ExpansionError(f"{path}: ${{file:{name}}} cannot be read: {err.strerror}") from None
+        raise ExpansionError(f"{reference} cannot be read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ExpansionError(f"{reference} is not UTF-8 text") from None

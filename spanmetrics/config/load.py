@@ -126,6 +126,11 @@ def load_topology(path: str | Path) -> Topology:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(source, [f"cannot read file: {err.strerror}"]) from None
+    except UnicodeDecodeError as err:
+        # Found by tests/fuzz/fuzz_topology.py: this was a traceback.
+        raise ConfigError(
+            source, [f"not UTF-8 text: byte 0x{err.object[err.start]:02x} at offset {err.start}"]
+        ) from None
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -114,3 +114,11 @@ def test_the_readme_states_the_size_and_duration_bounds_in_force() -> None:
     assert f"more than {defaults.MAX_SERIES_LABEL_BYTES // 1024} KiB" in readme
     assert f"resource larger than {defaults.MAX_RESOURCE_BYTES // 1024} KiB" in readme
     assert f"(default `{int(defaults.DEFAULT_MAX_SPAN_DURATION_S // 3600)}h`" in readme
+
+
+def test_a_topology_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "topology.yaml"
+    path.write_bytes(b"source:\n  topic: caf\xe9\n")
+    with pytest.raises(ConfigError) as err:
+        load_topology(path)
+    assert "not UTF-8 text: byte 0xe9 at offset 20" in str(err.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,26 @@ def test_environment_files_defaults_and_escapes(tmp_path: Path) -> None:
     [
         ("${env:NOPE}", "sinks[0].kafka.topic: ${env:NOPE} is not set in the environment"),
         ("${file:/no/such/file}", "sinks[0].kafka.topic: ${file:/no/such/file} cannot be read"),
+        # Not a regular file (a device such as /dev/zero would be read for ever), and not
+        # text (this was a traceback).
+        ("${file:/}", "sinks[0].kafka.topic: ${file:/} is not a regular file"),
+        ("${file:" + sys.executable + "}", "sinks[0].kafka.topic: ${file:" + sys.executable),
     ],
 )
 def test_what_cannot_be_expanded_names_the_key(value: str, message: str) -> None:
     with pytest.raises(ExpansionError) as err:
         expand({"sinks": [{"kafka": {"topic": value}}]}, {})
     assert str(err.value).startswith(message)
+
+
+def test_a_binary_or_huge_file_is_refused_by_name(tmp_path: Path) -> None:
+    binary, huge = tmp_path / "key.der", tmp_path / "huge"
+    binary.write_bytes(b"\x30\x82\xff\xfe")
+    huge.write_bytes(b"a" * ((1 << 20) + 1))
+    for path, message in ((binary, "is not UTF-8 text"), (huge, "is larger than 1048576 bytes")):
+        with pytest.raises(ExpansionError) as err:
+            expand({"state": "${file:" + str(path) + "}"}, {})
+        assert str(err.value) == "state: ${file:" + str(path) + "} " + message
 
 
 def test_a_topology_file_is_expanded_when_loaded(
