@@ -32,6 +32,7 @@ from faust.types import TP
 
 from spanmetrics.config.model import Topology
 from spanmetrics.fleet.health import HealthServer
+from spanmetrics.fleet.startup import NotThereYet, when_reachable
 from spanmetrics.fleet.worker import INTERNAL_MAX_RECORD_BYTES, Headers, Worker
 from spanmetrics.kafka.admin import ensure_topics, topic_partitions
 from spanmetrics.kafka.security import client_options, faust_credentials
@@ -268,7 +269,7 @@ async def prepare_topics(worker: Worker) -> int:
     options = client_options(source)
     n_partitions = await topic_partitions(worker.bootstrap, source.topic, options) or 0
     if n_partitions <= 0:
-        raise SystemExit(f"source.topic: topic {source.topic!r} does not exist on the broker")
+        raise NotThereYet(f"source.topic: topic {source.topic!r} does not exist on the broker")
     counts = await ensure_topics(
         worker.bootstrap, {worker.deltas_topic: n_partitions}, options=options
     )
@@ -278,7 +279,14 @@ async def prepare_topics(worker: Worker) -> int:
 def run_app(worker: Worker, health_port: int | None = None) -> None:
     """Run the worker under faust until SIGTERM or SIGINT (blocking); with
     ``health_port``, its probes on that port (0: a free one, logged)."""
-    n_shards = asyncio.run(prepare_topics(worker))
+    topology = worker.topology
+    try:
+        n_shards = asyncio.run(
+            when_reachable(topology, worker.bootstrap, lambda: prepare_topics(worker))
+        )
+    except KeyboardInterrupt:
+        log.info("%s: stopped before it could start", worker.worker_id)
+        return
     datadir = tempfile.mkdtemp(prefix=f"spanmetrics-{worker.worker_id}-")
     asyncio.set_event_loop(asyncio.new_event_loop())  # the one faust and aiokafka will use
     try:
