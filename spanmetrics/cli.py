@@ -35,6 +35,7 @@ from spanmetrics.decode import ENCODINGS, DecodeError
 from spanmetrics.decode.batch import PATH as READER_PATH
 from spanmetrics.export.otlp import encode_metrics, snapshot_to_request
 from spanmetrics.model.clock import SystemClock
+from spanmetrics.net import redacted
 
 #: Kubernetes versions ``synth --kubernetes`` writes spans of (``spanmetrics.dev.kubernetes``;
 #: kept here so that ``--help`` needs no development module).
@@ -281,7 +282,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     )
     print(f"  dimensions: {', '.join(d.key for d in sm.all_dimensions) or '(intrinsic only)'}")
     for sink in topology.sinks:
-        print(f"  sink: {sink.model_dump(exclude_none=True)}")
+        print(f"  sink: {redacted(sink.model_dump(exclude_none=True))}")
     return 0
 
 
@@ -310,7 +311,7 @@ def _print_derived(path: str, topology: Topology) -> None:
         join = f", joined with its {metric.join.direction}" if metric.join and reads_join else ""
         print(f"  metric: {metric.name} ({metric.type}{unit}{join}): {', '.join(labels)}")
     for sink in topology.sinks:
-        print(f"  sink: {sink.model_dump(exclude_none=True)}")
+        print(f"  sink: {redacted(sink.model_dump(exclude_none=True))}")
 
 
 def _records(count: int, spans_per_record: int, seed: int, encoding: str) -> Iterator[bytes]:

@@ -28,6 +28,22 @@ def redact_url(url: str) -> str:
     return parsed._replace(netloc=user + parsed.netloc.rsplit("@", 1)[1]).geturl()
 
 
+#: Keys whose values are secrets wherever they appear in settings.
+SECRET_KEYS = frozenset({"password", "token", "key_pem"})
+
+
+def redacted(settings: object) -> object:
+    """``settings`` (a config dump: mappings, lists, strings) for printing: values of
+    :data:`SECRET_KEYS` replaced by ``***``, and passwords in URLs by :func:`redact_url`."""
+    if isinstance(settings, dict):
+        return {k: "***" if k in SECRET_KEYS else redacted(v) for k, v in settings.items()}
+    if isinstance(settings, list | tuple):
+        return [redacted(v) for v in settings]
+    if isinstance(settings, str) and "://" in settings:
+        return redact_url(settings)
+    return settings
+
+
 #: The scheme of Sentinel URLs.
 SENTINEL_SCHEME = "redis+sentinel"
 

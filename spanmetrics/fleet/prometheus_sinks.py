@@ -42,6 +42,7 @@ from spanmetrics.export.prometheus import (
     merge_series,
     zero_sample,
 )
+from spanmetrics.net import redact_url
 
 log = logging.getLogger("spanmetrics.worker")
 
@@ -191,7 +192,7 @@ class PrometheusSinks:
             try:
                 await client.send(body)
             except RemoteWriteError as err:
-                log.error("remote write to %s: %s", client.endpoint, err)
+                log.error("remote write to %s: %s", redact_url(client.endpoint), err)
                 if err.status is None or err.status >= 500:
                     continue  # nothing was taken: the same series are still new next time
             # Taken, or refused by an answer (4xx) that a resend would get again.

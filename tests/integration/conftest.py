@@ -5,6 +5,7 @@
 - ``redis_url`` / ``redis_prefix``: the local Redis (db 7, or ``$SPANMETRICS_TEST_REDIS_URL``);
   tests name every key they create with ``redis_prefix``, and only those keys are deleted
   at teardown, so tests never touch anyone else's data. Skipped when Redis does not answer.
+- ``private_redis``: a Redis of the test's own, on a free port, with an ACL user.
 - :func:`consume_until`: read a topic from the beginning until a predicate holds.
 
 Tests are plain functions that call ``asyncio.run(...)`` (no pytest-asyncio).
@@ -15,15 +16,18 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from spanmetrics.dev.broker import EmbeddedBroker
 from spanmetrics.kafka.admin import bootstrap_servers, topic_partitions
+from tests.integration.redis_server import private_redis_server
 
 #: Redis used by the integration tests; a db of its own, and still only prefixed keys.
 REDIS_URL = os.environ.get("SPANMETRICS_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
@@ -52,6 +56,13 @@ def unique_topic(request: pytest.FixtureRequest) -> str:
 def topic_factory(request: pytest.FixtureRequest) -> Callable[[str], str]:
     """Makes more unique topic names, for tests that need several."""
     return lambda suffix="": _topic_name(request, f"-{suffix}" if suffix else "")
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Redis of this test's own, with an ACL user and password only: its URL and process
+    (see :func:`tests.integration.redis_server.private_redis_server`)."""
+    yield from private_redis_server(tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,59 +20,13 @@ import yaml
 from spanmetrics.kafka.admin import ensure_topics
 from spanmetrics.net import find_free_port
 from tests.integration.batches import Batches
+from tests.integration.redis_server import PASSWORD, wait_redis
 from tests.integration.test_fleet_exactness import Fleet, Output, expected_counts
 
 pytestmark = [pytest.mark.integration, pytest.mark.once]
 
 #: How long the outage lasts, as the issue has it.
 OUTAGE_S = 30.0
-
-
-def _wait_redis(url: str, what: str, timeout_s: float = 15.0) -> None:
-    """Wait until the Redis at ``url`` answers a ping."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.RedisError:
-                assert time.monotonic() < deadline, f"{what} did not start"
-                time.sleep(0.05)
-    finally:
-        client.close()
-
-
-#: The ACL user and password of the private Redis: the workers log in with them.
-USER, PASSWORD = "spanmetrics", "s3cret-Pa55word"
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A Redis of this test's own, that it may freeze; it takes an ACL user and password
-    only (the default user is off), as a production Redis would."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = find_free_port()
-    config = tmp_path / "redis.conf"
-    config.write_text(
-        f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly no\ndir {tmp_path}\n'
-        f"user default off\nuser {USER} on >{PASSWORD} ~* &* +@all\n"
-    )
-    proc = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    url = f"redis://{USER}:{PASSWORD}@127.0.0.1:{port}/0"
-    _wait_redis(url, "redis-server")
-    with pytest.raises(redis.AuthenticationError):  # without the password: refused
-        redis.Redis(port=port, socket_connect_timeout=1).set("k", "v")
-    try:
-        yield url, proc
-    finally:
-        proc.send_signal(signal.SIGCONT)
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_redis_frozen_for_30_seconds(
@@ -230,7 +183,7 @@ def test_a_worker_checkpoints_to_redis_over_tls(broker: Any, tmp_path: Path) -> 
     url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"
     fleet, health = _one_worker(tmp_path, broker, url, "tlsr")
     try:
-        _wait_redis(url, "redis-server over TLS")
+        wait_redis(url, "redis-server over TLS")
         client = redis.Redis.from_url(url, socket_connect_timeout=1)
         fleet.start("a")
         _ready(health, 120, checkpoint="ok")
@@ -347,9 +300,9 @@ def test_a_sentinel_failover_keeps_the_counts_exact(broker: Any, tmp_path: Path)
             await output.consumer.stop()
 
     try:
-        _wait_redis(f"redis://127.0.0.1:{primary_port}", "the primary")
-        _wait_redis(f"redis://127.0.0.1:{replica_port}", "the replica")
-        _wait_redis(f"redis://127.0.0.1:{sentinel_port}", "the Sentinel")
+        wait_redis(f"redis://127.0.0.1:{primary_port}", "the primary")
+        wait_redis(f"redis://127.0.0.1:{replica_port}", "the replica")
+        wait_redis(f"redis://127.0.0.1:{sentinel_port}", "the Sentinel")
         expected, output = asyncio.run(scenario())
         alive = fleet.procs["a"].poll() is None
     finally:

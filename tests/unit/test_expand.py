@@ -10,6 +10,7 @@ import pytest
 
 from spanmetrics.config.expand import ExpansionError, expand
 from spanmetrics.config.load import ConfigError, load_topology
+from spanmetrics.net import redacted
 
 
 def test_environment_files_defaults_and_escapes(tmp_path: Path) -> None:
@@ -116,3 +117,16 @@ def test_sentinel_urls() -> None:
         with pytest.raises(ConfigError) as err:
             parse_topology({"state": bad})
         assert str(err.value).count("state:") == 1
+
+
+def test_settings_are_printed_without_their_secrets() -> None:
+    settings = {
+        "prometheus_remote_write": {"endpoint": "https://u:pw1@host/api/v1/write"},
+        "auth": {"sasl": {"mechanism": "PLAIN", "username": "alice", "password": "pw2"}},
+        "state": ["redis://:pw3@redis:6379/0", "redis://redis:6379/0"],
+    }
+    assert redacted(settings) == {
+        "prometheus_remote_write": {"endpoint": "https://u:***@host/api/v1/write"},
+        "auth": {"sasl": {"mechanism": "PLAIN", "username": "alice", "password": "***"}},
+        "state": ["redis://:***@redis:6379/0", "redis://redis:6379/0"],
+    }

@@ -15,6 +15,7 @@ from spanmetrics.config.model import PrometheusHistograms
 from spanmetrics.export.prometheus.native import spans_and_deltas
 from spanmetrics.export.prometheus.proto import remote_write_pb2 as pb
 from spanmetrics.export.prometheus.series import Labels, PromExemplar, Series
+from spanmetrics.net import redact_url
 
 log = logging.getLogger("spanmetrics.remote_write")
 
@@ -177,7 +178,7 @@ class RemoteWriteClient:
                 break
             self.counters["remote_write_retries"] += 1
             wait = min(retry_after if retry_after is not None else delay, MAX_BACKOFF_S)
-            log.warning("remote write to %s: %s %s; retry in %.1fs", self.endpoint,
+            log.warning("remote write to %s: %s %s; retry in %.1fs", redact_url(self.endpoint),
                         status or "error", detail[:200], wait)  # fmt: skip
             await asyncio.sleep(wait)
             delay *= 2
