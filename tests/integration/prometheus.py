@@ -26,15 +26,23 @@ FLAGS = (
 class Prometheus:
     """``prometheus`` with a config and flags, serving on 127.0.0.1 on a free port."""
 
-    def __init__(self, workdir: Path, config: str = "", flags: tuple[str, ...] = FLAGS) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: str = "",
+        flags: tuple[str, ...] = FLAGS,
+        port: int | None = None,
+    ) -> None:
+        """Start it; with ``port`` and the ``workdir`` of a stopped one, that one again,
+        with its data."""
         if not Path(BINARY).exists():
             pytest.skip("prometheus is not installed (apt-get install -y prometheus)")
-        self.port = find_free_port()
+        self.port = port or find_free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)
         config_file = workdir / "prometheus.yml"
         config_file.write_text(config or "global:\n  scrape_interval: 15s\n")
-        self._log = (workdir / "prometheus.log").open("wb")
+        self._log = (workdir / "prometheus.log").open("ab")
         self.proc = subprocess.Popen(
             [BINARY, f"--config.file={config_file}", f"--storage.tsdb.path={workdir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}", *flags],
