@@ -110,6 +110,7 @@ def write_refusals(prom: Prometheus) -> list[str]:
     ]
 
 
+@pytest.mark.once  # as the fleet exactness test: the protocol, not the reader
 def test_fleet_into_prometheus_through_rebalances(
     broker: Any, tmp_path: Path, prometheus_factory: Any, redis_url: str, redis_prefix: str
 ) -> None:
