@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TOPOLOGY ?= topologies/red.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo test lint fmt typecheck unit simulate fuzz bench bench-fleet proto up down clean lock audit
+.PHONY: help install run demo test lint fmt typecheck unit simulate fuzz bench bench-fleet soak proto up down clean lock audit
 
 help: ## List the commands
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ bench: $(STAMP) ## Engine benchmark: parse vs engine vs OTel SDK, memory per ser
 
 bench-fleet: $(STAMP) ## Fleet benchmark: 3M spans through 1 and 2 workers, state size at 1 and 8 partitions
 	$(BIN)/python benchmarks/bench_fleet.py
+
+soak: $(STAMP) ## Soak: 10 min at 80% of one worker's throughput, SIGKILL every 2 min (not in CI)
+	$(BIN)/python benchmarks/soak.py
 
 clean: ## Remove the venv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .run .fuzz build
