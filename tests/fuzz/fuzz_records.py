@@ -23,6 +23,8 @@ import atheris
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.fuzz.harness import fuzz  # noqa: E402
+
 with atheris.instrument_imports(include=["spanmetrics", "google.protobuf.json_format"]):
     from google.protobuf.json_format import MessageToJson
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -98,11 +100,7 @@ def test_one_input(data: bytes) -> None:
 
 
 def main() -> None:
-    corpus = [Path(a) for a in sys.argv[1:] if not a.startswith("-")]
-    for directory in corpus:
-        seed_corpus(directory)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    fuzz(test_one_input, seed_corpus)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import atheris
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.fuzz.harness import fuzz  # noqa: E402
+
 with atheris.instrument_imports():
     from spanmetrics.decode.batch import PATH
     from tests.property.test_native_scan import FULL, _fixed_record, agree
@@ -45,11 +47,7 @@ def test_one_input(data: bytes) -> None:
 def main() -> None:
     if PATH != "native":
         sys.exit("the compiled scanner is not built (or SPANMETRICS_NATIVE=0)")
-    corpus = [Path(a) for a in sys.argv[1:] if not a.startswith("-")]
-    for directory in corpus:
-        seed_corpus(directory)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    fuzz(test_one_input, seed_corpus)
 
 
 if __name__ == "__main__":

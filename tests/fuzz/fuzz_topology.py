@@ -23,6 +23,8 @@ import atheris
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.fuzz.harness import fuzz  # noqa: E402
+
 with atheris.instrument_imports(include=["spanmetrics", "yaml"]):
     from spanmetrics.config.load import ConfigError, load_topology
 
@@ -52,12 +54,7 @@ def test_one_input(data: bytes) -> None:
 
 
 def main() -> None:
-    os.chdir(WORK)  # relative ${file:} paths resolve here
-    corpus = [Path(a).resolve() for a in sys.argv[1:] if not a.startswith("-")]
-    for directory in corpus:
-        seed_corpus(directory)
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    fuzz(test_one_input, seed_corpus, before=lambda: os.chdir(WORK))  # relative ${file:}
 
 
 if __name__ == "__main__":

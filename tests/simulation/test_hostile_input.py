@@ -11,7 +11,8 @@ from spanmetrics.aggregate.points import SeriesPoint
 from spanmetrics.config.load import parse_topology
 from spanmetrics.state.codec import CutHeader, encode_delta_parts
 from tests.builders import SERVER, request, resource, span
-from tests.simulation.harness import SimFleet, sum_points
+from tests.simulation.harness import SimFleet
+from tests.simulation.test_findings import latest
 
 OVERFLOW = (("otel.metric.overflow", "true"),)
 #: Larger than a whole delta record (about 1 MB): no split can carry it.
@@ -27,14 +28,6 @@ def topology() -> Any:
         },
         "test",
     )
-
-
-def published_calls(fleet: SimFleet) -> dict[Any, int]:
-    """Latest cumulative calls per (resource, labels)."""
-    out = {}
-    for (res, _, labels), points in sum_points(fleet.output()).items():
-        out[(res, labels)] = max(points, key=lambda p: (p.time_ns, p.arrival)).value
-    return out
 
 
 def test_a_label_larger_than_a_record_goes_to_overflow_and_the_partition_goes_on() -> None:
@@ -55,7 +48,7 @@ def test_a_label_larger_than_a_record_goes_to_overflow_and_the_partition_goes_on
         return fleet
 
     fleet = asyncio.run(scenario())
-    published = published_calls(fleet)
+    published = latest(fleet)
     overflow = [v for (_, labels), v in published.items() if labels == OVERFLOW]
     assert overflow == [1]
     users = {dict(labels).get("user.id"): v for (_, labels), v in published.items()}
@@ -82,7 +75,7 @@ def test_a_resource_larger_than_a_record_is_trimmed_and_counted_whole() -> None:
         return fleet
 
     fleet = asyncio.run(scenario())
-    published = published_calls(fleet)
+    published = latest(fleet)
     ((res, _),) = published
     assert dict(res) == {"service.name": "checkout", "service.instance.id": "c-0"}
     assert sum(published.values()) == 3
