@@ -342,6 +342,12 @@ class Worker:
             ("spanmetrics.source.partition", str(partition).encode()),
             ("spanmetrics.source.offset", str(offset).encode()),
         ]
+        if value is not None and len(value) > self.internal_max_record_bytes:
+            # The producer would refuse it, and every retry with it: the dead letter keeps
+            # the record's start, and says how large the whole was.
+            headers.append(("spanmetrics.source.bytes", str(len(value)).encode()))
+            value = value[: self.internal_max_record_bytes]
+            self.stats.counters["dead_letters_truncated"] += 1
         delay = _RETRY_MIN_S
         for attempt in range(_DEAD_LETTER_ATTEMPTS):
             try:

@@ -91,3 +91,25 @@ def test_an_entry_that_fits_no_record_is_dropped_and_counted_not_raised() -> Non
     )
     assert parts.dropped_spans == 7
     assert len(parts.records) == 1
+
+
+def test_an_oversized_undecodable_record_is_dead_lettered_truncated_with_its_size() -> None:
+    """A 3 MB record of garbage: the producer takes at most one internal record's bytes,
+    so the dead letter holds the record's start and a header with its whole size. Before,
+    it was the whole record, which a broker refuses on every attempt: it was lost."""
+    garbage = b"\xff" * 3_000_000
+
+    async def scenario() -> SimFleet:
+        fleet = SimFleet(topology(), partitions=1)
+        fleet.start("a")
+        await fleet.rebalance({"a": fleet.all_partitions()})
+        fleet.log.append(fleet.topology.source.topic, 0, garbage, None, (), "producer")
+        await fleet.pump()
+        return fleet
+
+    fleet = asyncio.run(scenario())
+    worker = fleet.nodes["a"].worker
+    (letter,) = fleet.log.topics[fleet.topology.source.dead_letter_topic][0]
+    assert letter.value == garbage[: worker.internal_max_record_bytes]
+    assert dict(letter.headers)["spanmetrics.source.bytes"] == b"3000000"
+    assert worker.stats.counters["dead_letters_truncated"] == 1
