@@ -647,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="synthetic spans through the engine, RED table",
         description="Generate synthetic spans, aggregate them with the "
-        "topology, write the OTLP metrics and print calls, error %% and "
+        "topology, write the OTLP metrics and print calls, error % and "
         "p50/p95/p99 per service.",
     )
     demo.add_argument(
@@ -710,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
         "up",
         help="broker + load generator + worker, with a live view (make run)",
         description="Start the embedded broker, a load generator and one worker on this "
-        "machine, and show spans/s, series and the top services with calls/s, error %% and "
+        "machine, and show spans/s, series and the top services with calls/s, error % and "
         "p50/p95/p99 read from the exponential histograms. Runs until Ctrl-C, then stops "
         "everything it started. If a process dies, the run stops, shows the end of its log "
         "and exits with status 1.",
