@@ -43,6 +43,7 @@ def test_redis_leases_never_add_up_to_more_than_the_budget(
     assert sum(granted) <= 50
 
 
+@pytest.mark.once  # fleet behaviour, not the reader's: see test_fleet_exactness
 def test_a_budget_holds_across_two_workers(
     broker: Any, tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:

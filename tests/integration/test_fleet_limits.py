@@ -30,6 +30,7 @@ LIMIT = 50
 SERVICES = ("checkout", "cart", "frontend")
 
 
+@pytest.mark.once  # fleet behaviour, not the reader's: see test_fleet_exactness
 def test_the_cardinality_limit_holds_across_workers_and_partitions(
     broker: Any, tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:

@@ -258,6 +258,7 @@ def check_dashboards(prom: Prometheus, at: float) -> None:
     assert not empty, "panels without data:\n" + "\n".join(empty)
 
 
+@pytest.mark.once  # fleet behaviour, not the reader's: see test_fleet_exactness
 def test_jaeger_and_tempo_names_side_by_side(
     broker: Any, tmp_path: Path, prometheus_factory: Any, redis_url: str, redis_prefix: str
 ) -> None:
@@ -339,6 +340,7 @@ def test_jaeger_and_tempo_names_side_by_side(
     assert write_refusals(prom) == []
 
 
+@pytest.mark.once  # fleet behaviour, not the reader's: see test_fleet_exactness
 def test_worker_serves_its_shards_on_metrics(
     broker: Any, tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:

@@ -22,6 +22,7 @@ from tests.integration.test_fleet_exactness import Fleet
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.once  # fleet behaviour, not the reader's: see test_fleet_exactness
 def test_the_views_totals_are_the_workers_counts(broker: Any, tmp_path: Path) -> None:
     suffix = uuid.uuid4().hex[:8]
     topic, metrics = f"spans-{suffix}", f"metrics-{suffix}"

@@ -104,6 +104,7 @@ def batch(rng: random.Random, n: int) -> Any:
     return request(resource(shop, *spans), resource(cart, *spans))
 
 
+@pytest.mark.once  # fleet behaviour, not the reader's: see test_fleet_exactness
 def test_two_workers_switch_within_seconds_exactly(
     broker: Any, tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:
