@@ -86,7 +86,10 @@ def test_remote_write_endpoint_down_for_2_minutes(
             lambda: (c := calls_by_service(prom)) == expected() and c, 120, "the newer state"
         )
         print(f"calls in Prometheus after the outage: {dict(got)}")
-        assert not write_refusals(prom), write_refusals(prom)
+        # 4xx refuses samples (out of order, duplicate); a 503 while Prometheus replays
+        # its WAL after the restart is "not yet", which the worker retries.
+        refused = [line for line in write_refusals(prom) if 'code="4' in line]
+        assert not refused, refused
     finally:
         fleet.stop_all()
         prom.stop()

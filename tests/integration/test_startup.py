@@ -87,6 +87,8 @@ def test_a_worker_waits_for_redis_the_broker_and_its_topic_then_counts_everythin
                 return done, output, batches
 
             done, output, batches = asyncio.run(scenario())
+            # Before the broker goes: what the worker logs once it is gone is not start-up.
+            fleet.stop_all()
     finally:
         fleet.stop_all()
         if redis_proc is not None:
