@@ -28,8 +28,8 @@ def redact_url(url: str) -> str:
     return parsed._replace(netloc=user + parsed.netloc.rsplit("@", 1)[1]).geturl()
 
 
-#: Keys whose values are secrets wherever they appear in settings.
-SECRET_KEYS = frozenset({"password", "token", "key_pem"})
+#: Keys whose values are secrets wherever they appear in settings (SASL's password).
+SECRET_KEYS = frozenset({"password"})
 
 
 def redacted(settings: object) -> object:

@@ -179,7 +179,7 @@ class DerivedMetricsEngine:
         self._event_time = event_time
         self._watermark_ns = 0
         self._max_size = config.histogram.max_size
-        self._max_duration_ns = round(config.max_span_duration * 1e9)
+        self._max_duration_ns = config.max_span_duration_ns
         self._key_attributes = frozenset(config.resource_metrics_key_attributes)
         self._keys = self.rules.attribute_keys
         self._events = self.rules.event_names

@@ -193,7 +193,7 @@ class SpanMetricsEngine:
         self.temporality = Temporality.DELTA if config.is_delta else Temporality.CUMULATIVE
         self.counters: Counter[str] = Counter()
         self._ns_per_unit = _NS_PER_UNIT[config.histogram.unit]
-        self._max_duration_ns = config.max_span_duration * 1e9 or float("inf")
+        self._max_duration_ns = config.max_span_duration_ns or float("inf")
         self.table = SeriesTable(self._histogram_columns(config), growth=_TABLE_GROWTH)
         #: series key -> row; keys start with the resource id, so one dict serves all.
         self._index: dict[SpanKey, int] = {}

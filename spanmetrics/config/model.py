@@ -394,6 +394,11 @@ class SpanMetricsConfig(_Strict):
         return seconds
 
     @property
+    def max_span_duration_ns(self) -> int:
+        """``max_span_duration`` in nanoseconds; 0: no bound."""
+        return round(self.max_span_duration * 1e9)
+
+    @property
     def is_delta(self) -> bool:
         """Whether points are delta rather than cumulative."""
         return self.aggregation_temporality == "AGGREGATION_TEMPORALITY_DELTA"

@@ -230,7 +230,7 @@ class Worker:
             delta_output=self._delta_output,
         )
         join = (
-            ShardJoin(self._rules, sm.histogram.max_size, round(sm.max_span_duration * 1e9))
+            ShardJoin(self._rules, sm.histogram.max_size, sm.max_span_duration_ns)
             if self._rules is not None
             else None
         )
